@@ -1,0 +1,311 @@
+//! The TOML configuration. Option names follow Mosquitto's where one exists; every option has
+//! a default documented here and in `roostd.example.toml`. Unknown keys and bad values stop
+//! startup with a message naming the key.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::session::SessionLimits;
+
+/// Default MQTT port.
+pub const DEFAULT_PORT: u16 = 1883;
+
+/// A configuration that cannot be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config: {0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("config key `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// One `[[listener]]` table.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// TCP port; 0 picks a free port (tests).
+    pub port: u16,
+    /// Address to bind. Default "0.0.0.0" (all IPv4 addresses), as Mosquitto's `listener PORT`.
+    #[serde(default = "default_bind_address")]
+    pub bind_address: String,
+}
+
+fn default_bind_address() -> String {
+    "0.0.0.0".to_string()
+}
+
+impl ListenerConfig {
+    /// The socket address to bind.
+    pub fn socket_addr(&self) -> Result<SocketAddr, ConfigError> {
+        let ip: IpAddr = self.bind_address.parse().map_err(|_| {
+            invalid(
+                "listener.bind_address",
+                format!("`{}` is not an IP address", self.bind_address),
+            )
+        })?;
+        Ok(SocketAddr::new(ip, self.port))
+    }
+}
+
+/// Broker configuration. See roostd.example.toml for every option with its reason.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[[listener]]` tables. None: one listener on 127.0.0.1:1883 (or `-p`).
+    pub listener: Vec<ListenerConfig>,
+    /// Allow clients without a user name. Default: true when no listener is configured
+    /// (embedded defaults, localhost only), false otherwise, as Mosquitto 2.
+    pub allow_anonymous: Option<bool>,
+    /// Concurrent client connections at most. Default 100000.
+    pub max_connections: usize,
+    /// Unacknowledged outgoing QoS 1/2 messages per client. Default 20 (Mosquitto's).
+    pub max_inflight_messages: u16,
+    /// Messages queued per client beyond the in-flight window. Default 1000 (Mosquitto's).
+    pub max_queued_messages: usize,
+    /// Bytes (topic + payload) queued per client beyond the in-flight window. Default 16 MiB.
+    pub max_queued_bytes: usize,
+    /// Largest accepted packet (remaining length) in bytes. Default 1 MiB.
+    pub message_size_limit: usize,
+    /// Largest keepalive a client may ask for, in seconds. Default 65535.
+    pub max_keepalive: u16,
+    /// How long a persistent session is kept while its client is offline: a number with a
+    /// unit s, h, d, w, m (30 days) or y (365 days), or "never". Default "1d".
+    pub persistent_client_expiration: String,
+    /// Whether retained messages are supported. Default true.
+    pub retain_available: bool,
+    /// Queue QoS 0 messages for offline persistent sessions. Default false (Mosquitto's).
+    pub queue_qos0_messages: bool,
+    /// Seconds a new socket has to send CONNECT. Default 10.
+    pub connect_timeout: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listener: Vec::new(),
+            allow_anonymous: None,
+            max_connections: 100_000,
+            max_inflight_messages: 20,
+            max_queued_messages: 1000,
+            max_queued_bytes: 16 * 1024 * 1024,
+            message_size_limit: 1024 * 1024,
+            max_keepalive: 65535,
+            persistent_client_expiration: "1d".to_string(),
+            retain_available: true,
+            queue_qos0_messages: false,
+            connect_timeout: 10,
+        }
+    }
+}
+
+/// The MQTT maximum remaining length.
+const MQTT_MAX_REMAINING: usize = 268_435_455;
+
+/// Parses Mosquitto's expiration syntax: `<n><unit>` with s, h, d, w, m (30 days), y (365 days),
+/// or "never".
+pub fn parse_expiration(s: &str) -> Result<Option<Duration>, String> {
+    let s = s.trim();
+    if s == "never" {
+        return Ok(None);
+    }
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        format!("`{s}` is not a number followed by s, h, d, w, m or y, nor \"never\"")
+    })?;
+    let secs = match unit {
+        "s" => 1,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        "m" => 30 * 86_400,
+        "y" => 365 * 86_400,
+        _ => return Err(format!("`{s}` has unit `{unit}`; use s, h, d, w, m or y")),
+    };
+    if n == 0 {
+        return Err("must be greater than 0 (use \"never\" to keep sessions forever)".into());
+    }
+    Ok(Some(Duration::from_secs(n.saturating_mul(secs))))
+}
+
+impl Config {
+    /// Parses and validates TOML text.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml_str(&text)
+    }
+
+    /// Checks every value; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for l in &self.listener {
+            l.socket_addr()?;
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("max_connections", "must be at least 1"));
+        }
+        if self.max_inflight_messages == 0 {
+            return Err(invalid(
+                "max_inflight_messages",
+                "must be between 1 and 65535",
+            ));
+        }
+        if self.max_queued_messages == 0 {
+            return Err(invalid("max_queued_messages", "must be at least 1"));
+        }
+        if self.max_queued_bytes == 0 {
+            return Err(invalid("max_queued_bytes", "must be at least 1"));
+        }
+        if self.message_size_limit == 0 || self.message_size_limit > MQTT_MAX_REMAINING {
+            return Err(invalid(
+                "message_size_limit",
+                format!("must be between 1 and {MQTT_MAX_REMAINING}"),
+            ));
+        }
+        if self.connect_timeout == 0 {
+            return Err(invalid("connect_timeout", "must be at least 1 second"));
+        }
+        parse_expiration(&self.persistent_client_expiration)
+            .map_err(|r| invalid("persistent_client_expiration", r))?;
+        Ok(())
+    }
+
+    /// The listeners to open: the configured ones, or 127.0.0.1 on `default_port`.
+    pub fn effective_listeners(&self, default_port: u16) -> Vec<ListenerConfig> {
+        if self.listener.is_empty() {
+            vec![ListenerConfig {
+                port: default_port,
+                bind_address: "127.0.0.1".to_string(),
+            }]
+        } else {
+            self.listener.clone()
+        }
+    }
+
+    /// allow_anonymous after applying its default.
+    pub fn anonymous_allowed(&self) -> bool {
+        self.allow_anonymous.unwrap_or(self.listener.is_empty())
+    }
+
+    /// persistent_client_expiration as a duration (None: never). Validated at load.
+    pub fn expiration(&self) -> Option<Duration> {
+        parse_expiration(&self.persistent_client_expiration)
+            .ok()
+            .flatten()
+    }
+
+    /// The per-session limits.
+    pub fn session_limits(&self) -> SessionLimits {
+        SessionLimits {
+            max_inflight: self.max_inflight_messages as usize,
+            max_queued_messages: self.max_queued_messages,
+            max_queued_bytes: self.max_queued_bytes,
+            queue_qos0: self.queue_qos0_messages,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_has_documented_defaults() {
+        let c = Config::from_toml_str("").unwrap();
+        assert_eq!(c.max_inflight_messages, 20);
+        assert_eq!(c.max_queued_messages, 1000);
+        assert!(c.anonymous_allowed());
+        assert_eq!(c.expiration(), Some(Duration::from_secs(86_400)));
+        assert_eq!(
+            c.effective_listeners(1884),
+            vec![ListenerConfig {
+                port: 1884,
+                bind_address: "127.0.0.1".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn configured_listener_disables_anonymous_by_default() {
+        let c = Config::from_toml_str("[[listener]]\nport = 1883\n").unwrap();
+        assert!(!c.anonymous_allowed());
+        assert_eq!(c.effective_listeners(1).len(), 1);
+        assert_eq!(c.listener[0].bind_address, "0.0.0.0");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::from_toml_str("max_queued_mesages = 5")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_queued_mesages"), "{e}");
+        let e = Config::from_toml_str("[[listener]]\nport = 1\nbind = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bind"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        for (text, key) in [
+            ("max_inflight_messages = 0", "max_inflight_messages"),
+            ("max_inflight_messages = 70000", "max_inflight_messages"),
+            (
+                "persistent_client_expiration = \"3x\"",
+                "persistent_client_expiration",
+            ),
+            ("message_size_limit = 0", "message_size_limit"),
+            ("max_queued_messages = \"many\"", "max_queued_messages"),
+            (
+                "[[listener]]\nport = 1\nbind_address = \"nowhere\"",
+                "bind_address",
+            ),
+        ] {
+            let e = Config::from_toml_str(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn expiration_units() {
+        assert_eq!(parse_expiration("2h"), Ok(Some(Duration::from_secs(7200))));
+        assert_eq!(
+            parse_expiration("1w"),
+            Ok(Some(Duration::from_secs(604_800)))
+        );
+        assert_eq!(parse_expiration("never"), Ok(None));
+        assert!(parse_expiration("0d").is_err());
+        assert!(parse_expiration("d").is_err());
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../roostd.example.toml");
+        Config::from_toml_str(text).unwrap();
+    }
+}

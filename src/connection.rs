@@ -1,0 +1,566 @@
+//! One client's connection: CONNECT handshake with a timeout, then a single task that reads,
+//! handles and writes. It decodes every complete frame already buffered before reading again,
+//! and writes everything ready (acks and queued deliveries) from one buffer, one syscall per
+//! batch. Keepalive is enforced in the read path.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use mqttbytes::QoS;
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::message::{min_qos, Publication};
+use crate::protocol::codec::{self, Ack};
+use crate::protocol::topic::validate_topic_filter;
+use crate::protocol::{decode, Connect, Packet, ProtocolError, Will};
+use crate::router::{MatchBuffer, Router};
+use crate::session::{Attachment, Outgoing, Queued, Session};
+
+/// Read buffer reserve per read; grows for large packets, shrinks back when idle.
+const READ_CHUNK: usize = 4 * 1024;
+/// Stop pulling queued deliveries into the write buffer above this many bytes.
+const WRITE_HIGH_WATER: usize = 64 * 1024;
+/// Stop reading from a client whose acks we cannot write (it does not read) above this.
+const WRITE_LIMIT: usize = 1024 * 1024;
+/// Buffers larger than this are freed when they empty, so idle connections stay small.
+const SHRINK_ABOVE: usize = 64 * 1024;
+
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Why a connection ended.
+#[derive(Debug, Error)]
+pub enum CloseReason {
+    #[error("sent DISCONNECT")]
+    Disconnect,
+    #[error("closed its connection")]
+    PeerClosed,
+    #[error("exceeded keepalive timeout")]
+    KeepaliveTimeout,
+    #[error("protocol error: {0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("socket error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("taken over by a new connection with the same client id")]
+    TakenOver,
+    #[error("broker shutting down")]
+    Shutdown,
+    #[error("{0}")]
+    Refused(&'static str),
+}
+
+impl CloseReason {
+    /// The will is published on every close but a DISCONNECT packet [MQTT-3.1.2-8]/[MQTT-3.1.2-10]
+    /// (and broker shutdown, when no one is left to receive it).
+    fn publishes_will(&self) -> bool {
+        !matches!(self, CloseReason::Disconnect | CloseReason::Shutdown)
+    }
+}
+
+/// What every connection needs from the broker.
+#[derive(Clone)]
+pub struct Context {
+    pub router: Arc<Router>,
+    pub config: Arc<Config>,
+    pub shutdown: CancellationToken,
+}
+
+/// Serves one client until it disconnects.
+pub async fn serve<S>(stream: S, peer: SocketAddr, ctx: Context)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let conn_id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
+    let limit = ctx.config.message_size_limit;
+
+    let first = tokio::select! {
+        r = tokio::time::timeout(
+            Duration::from_secs(ctx.config.connect_timeout),
+            read_packet(&mut rd, &mut inbuf, limit),
+        ) => r,
+        _ = ctx.shutdown.cancelled() => return,
+    };
+    let connect = match first {
+        Err(_) => {
+            info!(
+                "Client from {peer} did not send CONNECT within {}s, closing.",
+                ctx.config.connect_timeout
+            );
+            return;
+        }
+        Ok(Err(CloseReason::PeerClosed)) => {
+            debug!("Socket from {peer} closed before CONNECT.");
+            return;
+        }
+        Ok(Err(e)) => {
+            ctx.router.metrics().protocol_errors.increment(1);
+            warn!("Bad first packet from {peer}: {e}");
+            return;
+        }
+        Ok(Ok(Packet::Connect(c))) => c,
+        Ok(Ok(other)) => {
+            ctx.router.metrics().protocol_errors.increment(1);
+            warn!(
+                "Client from {peer}: {}",
+                ProtocolError::NotConnect(packet_name(&other))
+            );
+            return;
+        }
+    };
+
+    let mut out = BytesMut::new();
+    if let Err(refusal) = check_connect(&connect, &ctx.config) {
+        codec::encode_connack(&mut out, false, refusal.code);
+        let _ = wr.write_all(&out).await;
+        let _ = wr.shutdown().await;
+        info!(
+            "Client {} from {peer} refused: {}",
+            connect.client_id, refusal.reason
+        );
+        return;
+    }
+
+    let client_id = if connect.client_id.is_empty() {
+        // [MQTT-3.1.3-6] empty id with clean session 1: assign a unique one.
+        format!("auto-{conn_id:x}-{:x}", std::process::id())
+    } else {
+        connect.client_id.clone()
+    };
+    let cancel = ctx.shutdown.child_token();
+    let attached = ctx.router.connect(
+        &client_id,
+        connect.clean_session,
+        Attachment {
+            conn_id,
+            cancel: cancel.clone(),
+        },
+    );
+    if attached.took_over {
+        info!("Client {client_id} already connected, closing old connection.");
+    }
+    let metrics = ctx.router.metrics();
+    metrics.connections_total.increment(1);
+    metrics.clients_connected.increment(1.0);
+    info!(
+        "New client connected from {peer} as {client_id} (p{}, c{}, k{}{}).",
+        connect.level,
+        connect.clean_session as u8,
+        connect.keep_alive,
+        connect
+            .username
+            .as_deref()
+            .map(|u| format!(", u'{u}'"))
+            .unwrap_or_default()
+    );
+    codec::encode_connack(&mut out, attached.session_present, 0);
+
+    let mut conn = Connection {
+        router: ctx.router.clone(),
+        config: ctx.config.clone(),
+        session: attached.session,
+        client_id,
+        will: connect.will.clone(),
+        out,
+        pending: Vec::new(),
+        matches: Vec::new(),
+        retained: Vec::new(),
+    };
+    {
+        // [MQTT-4.4.0-1] re-send unacknowledged messages, in order, before anything new.
+        let st = conn.session.state.lock();
+        st.resend_inflight(&mut conn.pending);
+    }
+    conn.encode_pending();
+
+    let reason = conn
+        .run(
+            &mut rd,
+            &mut wr,
+            &mut inbuf,
+            connect.keep_alive,
+            &cancel,
+            &ctx.shutdown,
+        )
+        .await;
+
+    metrics.clients_connected.decrement(1.0);
+    match &reason {
+        CloseReason::Disconnect => info!("Client {} disconnected.", conn.client_id),
+        CloseReason::Protocol(e) => {
+            metrics.protocol_errors.increment(1);
+            warn!(
+                "Client {} from {peer} disconnected: protocol error: {e}",
+                conn.client_id
+            );
+        }
+        other => info!(
+            "Client {} from {peer} disconnected: {other}.",
+            conn.client_id
+        ),
+    }
+    if reason.publishes_will() {
+        if let Some(will) = conn.will.take() {
+            debug!(
+                "Publishing will of {} on {}",
+                conn.client_id,
+                String::from_utf8_lossy(&will.topic)
+            );
+            conn.router
+                .publish(Arc::new(will.to_publication()), &mut conn.matches);
+        }
+    }
+    ctx.router.disconnect(&conn.session, conn_id);
+    if !matches!(reason, CloseReason::Io(_)) {
+        // Best effort: flush what is buffered (e.g. a final ack) and close cleanly.
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            if !conn.out.is_empty() && !matches!(reason, CloseReason::TakenOver) {
+                wr.write_all(&conn.out).await?;
+            }
+            wr.shutdown().await
+        })
+        .await;
+    }
+}
+
+/// A CONNECT refused with a CONNACK return code.
+struct Refusal {
+    code: u8,
+    reason: &'static str,
+}
+
+fn check_connect(c: &Connect, config: &Config) -> Result<(), Refusal> {
+    if c.level != 4 {
+        // [MQTT-3.1.2-2]
+        return Err(Refusal {
+            code: 0x01,
+            reason: "[MQTT-3.1.2-2] unacceptable protocol level (only MQTT 3.1.1, level 4, is supported)",
+        });
+    }
+    if c.client_id.is_empty() && !c.clean_session {
+        return Err(Refusal {
+            code: 0x02,
+            reason: "[MQTT-3.1.3-8] empty client identifier with clean session 0",
+        });
+    }
+    if c.keep_alive > config.max_keepalive {
+        return Err(Refusal {
+            code: 0x02,
+            reason: "keepalive above max_keepalive",
+        });
+    }
+    if !config.anonymous_allowed() {
+        // No password_file support yet: without anonymous access nobody can be authenticated.
+        return Err(Refusal {
+            code: 0x05,
+            reason: "not authorised (allow_anonymous is false)",
+        });
+    }
+    Ok(())
+}
+
+async fn read_packet<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    inbuf: &mut BytesMut,
+    limit: usize,
+) -> Result<Packet, CloseReason> {
+    loop {
+        if let Some(p) = decode(inbuf, limit)? {
+            return Ok(p);
+        }
+        inbuf.reserve(READ_CHUNK);
+        if rd.read_buf(inbuf).await? == 0 {
+            return Err(CloseReason::PeerClosed);
+        }
+    }
+}
+
+fn packet_name(p: &Packet) -> &'static str {
+    match p {
+        Packet::Connect(_) => "CONNECT",
+        Packet::Publish { .. } => "PUBLISH",
+        Packet::PubAck(_) => "PUBACK",
+        Packet::PubRec(_) => "PUBREC",
+        Packet::PubRel(_) => "PUBREL",
+        Packet::PubComp(_) => "PUBCOMP",
+        Packet::Subscribe { .. } => "SUBSCRIBE",
+        Packet::Unsubscribe { .. } => "UNSUBSCRIBE",
+        Packet::PingReq => "PINGREQ",
+        Packet::Disconnect => "DISCONNECT",
+    }
+}
+
+/// State of an accepted connection.
+struct Connection {
+    router: Arc<Router>,
+    config: Arc<Config>,
+    session: Arc<Session>,
+    client_id: String,
+    will: Option<Will>,
+    /// Bytes waiting to be written.
+    out: BytesMut,
+    /// Deliveries taken from the session, encoded outside its lock.
+    pending: Vec<Outgoing>,
+    /// Reused trie match buffer.
+    matches: MatchBuffer,
+    /// Reused retained lookup buffer.
+    retained: Vec<Arc<Publication>>,
+}
+
+impl Connection {
+    async fn run<R, W>(
+        &mut self,
+        rd: &mut R,
+        wr: &mut W,
+        inbuf: &mut BytesMut,
+        keep_alive: u16,
+        cancel: &CancellationToken,
+        shutdown: &CancellationToken,
+    ) -> CloseReason
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        // [MQTT-3.1.2-24] one and a half times the keepalive; 0 disables it.
+        let keepalive = Duration::from_millis(keep_alive as u64 * 1500);
+        let mut last_packet = Instant::now();
+        let idle = tokio::time::sleep(keepalive);
+        tokio::pin!(idle);
+        let limit = self.config.message_size_limit;
+        // The client may have sent more packets right behind its CONNECT.
+        if let Err(reason) = self.process_input(inbuf, limit, &mut last_packet) {
+            return reason;
+        }
+        loop {
+            if self.out.len() < WRITE_HIGH_WATER {
+                self.take_deliveries();
+            }
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {
+                    return if shutdown.is_cancelled() { CloseReason::Shutdown } else { CloseReason::TakenOver };
+                }
+                r = wr.write(&self.out), if !self.out.is_empty() => match r {
+                    Ok(0) => return CloseReason::PeerClosed,
+                    Ok(n) => {
+                        self.out.advance(n);
+                        if self.out.is_empty() && self.out.capacity() > SHRINK_ABOVE {
+                            self.out = BytesMut::new();
+                        }
+                    }
+                    Err(e) => return CloseReason::Io(e),
+                },
+                r = rd.read_buf(inbuf), if self.out.len() < WRITE_LIMIT => match r {
+                    Ok(0) => return CloseReason::PeerClosed,
+                    Ok(_) => {
+                        if let Err(reason) = self.process_input(inbuf, limit, &mut last_packet) {
+                            return reason;
+                        }
+                    }
+                    Err(e) => return CloseReason::Io(e),
+                },
+                _ = self.session.wake.notified() => {}
+                _ = &mut idle, if keep_alive > 0 => {
+                    let deadline = last_packet + keepalive;
+                    if Instant::now() >= deadline {
+                        return CloseReason::KeepaliveTimeout;
+                    }
+                    idle.as_mut().reset(deadline);
+                }
+            }
+        }
+    }
+
+    /// Handles every complete packet already buffered, then makes room for the next read.
+    fn process_input(
+        &mut self,
+        inbuf: &mut BytesMut,
+        limit: usize,
+        last_packet: &mut Instant,
+    ) -> Result<(), CloseReason> {
+        while let Some(p) = decode(inbuf, limit)? {
+            *last_packet = Instant::now();
+            self.handle(p)?;
+        }
+        if inbuf.is_empty() && inbuf.capacity() > SHRINK_ABOVE {
+            *inbuf = BytesMut::new();
+        }
+        inbuf.reserve(READ_CHUNK);
+        Ok(())
+    }
+
+    /// Moves ready deliveries from the session queue into the write buffer.
+    fn take_deliveries(&mut self) {
+        {
+            let mut st = self.session.state.lock();
+            if st.queue.is_empty() {
+                return;
+            }
+            let budget = WRITE_HIGH_WATER - self.out.len();
+            st.take_ready(self.router.limits(), budget, &mut self.pending);
+        }
+        self.encode_pending();
+    }
+
+    fn encode_pending(&mut self) {
+        let metrics = self.router.metrics();
+        for o in self.pending.drain(..) {
+            match o {
+                Outgoing::Publish { item, pkid, dup } => {
+                    codec::encode_publish(
+                        &mut self.out,
+                        &item.msg,
+                        item.qos,
+                        pkid,
+                        dup,
+                        item.retain,
+                    );
+                    metrics.messages_sent[item.qos as usize].increment(1);
+                }
+                Outgoing::PubRel(pkid) => codec::encode_ack(&mut self.out, Ack::PubRel, pkid),
+            }
+        }
+    }
+
+    fn handle(&mut self, packet: Packet) -> Result<(), CloseReason> {
+        match packet {
+            Packet::Connect(_) => return Err(ProtocolError::SecondConnect.into()),
+            Packet::Publish {
+                pkid,
+                dup: _,
+                publication,
+            } => self.on_publish(pkid, publication)?,
+            Packet::PubAck(pkid) => {
+                if !self.session.state.lock().puback(pkid) {
+                    debug!(
+                        "Client {} acknowledged unknown packet id {pkid} (PUBACK)",
+                        self.client_id
+                    );
+                }
+            }
+            Packet::PubRec(pkid) => {
+                if self.session.state.lock().pubrec(pkid) {
+                    codec::encode_ack(&mut self.out, Ack::PubRel, pkid);
+                } else {
+                    debug!(
+                        "Client {} sent PUBREC for unknown packet id {pkid}",
+                        self.client_id
+                    );
+                }
+            }
+            Packet::PubRel(pkid) => {
+                self.session.state.lock().incoming_qos2.remove(&pkid);
+                // [MQTT-4.3.3-2] PUBCOMP even for an id already released.
+                codec::encode_ack(&mut self.out, Ack::PubComp, pkid);
+            }
+            Packet::PubComp(pkid) => {
+                if !self.session.state.lock().pubcomp(pkid) {
+                    debug!(
+                        "Client {} sent PUBCOMP for unknown packet id {pkid}",
+                        self.client_id
+                    );
+                }
+            }
+            Packet::Subscribe { pkid, filters } => self.on_subscribe(pkid, filters),
+            Packet::Unsubscribe { pkid, filters } => {
+                for f in &filters {
+                    self.router.unsubscribe(&self.session, f);
+                }
+                // [MQTT-3.10.4-4]/[MQTT-3.10.4-5] UNSUBACK even when nothing was subscribed.
+                codec::encode_ack(&mut self.out, Ack::UnsubAck, pkid);
+            }
+            Packet::PingReq => codec::encode_pingresp(&mut self.out),
+            Packet::Disconnect => {
+                // [MQTT-3.14.4-3] the will is discarded.
+                self.will = None;
+                return Err(CloseReason::Disconnect);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_publish(&mut self, pkid: u16, publication: Publication) -> Result<(), CloseReason> {
+        if publication.retain && !self.config.retain_available {
+            return Err(CloseReason::Refused(
+                "PUBLISH with retain while retain_available is false",
+            ));
+        }
+        let metrics = self.router.metrics();
+        let qos = publication.qos;
+        metrics.messages_received[qos as usize].increment(1);
+        metrics
+            .payload_bytes_received
+            .increment(publication.payload.len() as u64);
+        match qos {
+            QoS::AtMostOnce => self
+                .router
+                .publish(Arc::new(publication), &mut self.matches),
+            QoS::AtLeastOnce => {
+                self.router
+                    .publish(Arc::new(publication), &mut self.matches);
+                codec::encode_ack(&mut self.out, Ack::PubAck, pkid);
+            }
+            QoS::ExactlyOnce => {
+                // A re-sent PUBLISH whose id awaits PUBREL was already routed: ack only.
+                let first_time = self.session.state.lock().incoming_qos2.insert(pkid);
+                if first_time {
+                    self.router
+                        .publish(Arc::new(publication), &mut self.matches);
+                }
+                codec::encode_ack(&mut self.out, Ack::PubRec, pkid);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_subscribe(&mut self, pkid: u16, filters: Vec<(String, QoS)>) {
+        let mut codes = Vec::with_capacity(filters.len());
+        let mut accepted = Vec::with_capacity(filters.len());
+        for (filter, qos) in filters {
+            match validate_topic_filter(&filter) {
+                Ok(()) if self.router.subscribe(&self.session, &filter, qos) => {
+                    codes.push(qos as u8);
+                    accepted.push((filter, qos));
+                }
+                Ok(()) => codes.push(0x80),
+                Err(e) => {
+                    info!(
+                        "Client {} subscription to {filter:?} refused: {e}",
+                        self.client_id
+                    );
+                    codes.push(0x80);
+                }
+            }
+        }
+        codec::encode_suback(&mut self.out, pkid, &codes);
+        if !self.config.retain_available {
+            return;
+        }
+        // [MQTT-3.3.1-6] retained messages after the SUBACK, flagged retained [MQTT-3.3.1-8].
+        for (filter, granted) in accepted {
+            self.router.retained_matching(&filter, &mut self.retained);
+            if self.retained.is_empty() {
+                continue;
+            }
+            let mut st = self.session.state.lock();
+            for msg in self.retained.drain(..) {
+                let item = Queued {
+                    qos: min_qos(msg.qos, granted),
+                    msg,
+                    retain: true,
+                };
+                if let Err(reason) = st.enqueue(item, self.router.limits()) {
+                    self.router.metrics().dropped(reason, 1);
+                }
+            }
+        }
+    }
+}

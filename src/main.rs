@@ -1,0 +1,100 @@
+//! The roostd command line: flags, config file, logging; runs until SIGINT/SIGTERM.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Parser;
+use tracing::info;
+use tracing_subscriber::EnvFilter;
+
+use roostd::config::DEFAULT_PORT;
+use roostd::{Broker, Config};
+
+/// roostd: an MQTT 3.1.1 broker.
+///
+/// Without --config it listens on 127.0.0.1:1883 and allows anonymous clients, as Mosquitto 2
+/// does with no configuration. roostd.example.toml documents every option and its default.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    /// TOML config file (see roostd.example.toml).
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Port of the default listener (127.0.0.1), used when the config defines no [[listener]].
+    #[arg(short, long, value_name = "PORT", default_value_t = DEFAULT_PORT)]
+    port: u16,
+    /// More log output: -v debug, -vv trace. RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+
+    let config = match &cli.config {
+        Some(path) => {
+            let config =
+                Config::load(path).with_context(|| format!("loading {}", path.display()))?;
+            info!(
+                "roostd {} starting with config {}.",
+                env!("CARGO_PKG_VERSION"),
+                path.display()
+            );
+            config
+        }
+        None => {
+            info!(
+                "roostd {} starting with embedded defaults (no config file): listening on 127.0.0.1:{} only, anonymous clients allowed.",
+                env!("CARGO_PKG_VERSION"),
+                cli.port
+            );
+            Config::default()
+        }
+    };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(async move {
+        let broker = Broker::bind_with_default_port(config, cli.port).await?;
+        let shutdown = broker.shutdown_token();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            info!("Signal received, shutting down.");
+            shutdown.cancel();
+        });
+        broker.run().await?;
+        info!("roostd stopped.");
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

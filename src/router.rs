@@ -1,0 +1,273 @@
+//! The client registry, publish routing and session takeover.
+//!
+//! Routing runs on the publisher's own task: the trie is read under a read lock, the matched
+//! sessions are collected, the lock is released, then each subscriber's queue is locked
+//! briefly to push a shared `Arc<Publication>`. Lock order, where two are held at once:
+//! registry shard -> session state -> trie. Nothing takes a session lock while holding the trie.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::mapref::entry::Entry as MapEntry;
+use dashmap::DashMap;
+use mqttbytes::QoS;
+use parking_lot::RwLock;
+use tokio::time::Instant;
+
+use crate::message::{min_qos, Publication};
+use crate::metrics::Metrics;
+use crate::retained::RetainedStore;
+use crate::session::{Attachment, DropReason, Queued, Session, SessionLimits};
+use crate::trie::{Entry, Trie};
+
+/// What a trie entry carries: the subscriber and its granted QoS.
+pub type Subscriber = (Arc<Session>, QoS);
+
+/// Scratch space for matching, owned by each publishing connection and reused.
+pub type MatchBuffer = Vec<Entry<Subscriber>>;
+
+/// The result of attaching a connection to a client id.
+#[derive(Debug)]
+pub struct Attached {
+    pub session: Arc<Session>,
+    /// CONNACK session present flag [MQTT-3.2.2-1]/[MQTT-3.2.2-2].
+    pub session_present: bool,
+    /// True when another connection with this client id was closed [MQTT-3.1.4-2].
+    pub took_over: bool,
+}
+
+/// Shared broker state.
+#[derive(Debug)]
+pub struct Router {
+    sessions: DashMap<Arc<str>, Arc<Session>>,
+    trie: RwLock<Trie<Subscriber>>,
+    retained: RwLock<RetainedStore>,
+    limits: SessionLimits,
+    metrics: Metrics,
+    next_session_id: AtomicU64,
+}
+
+impl Router {
+    pub fn new(limits: SessionLimits, metrics: Metrics) -> Router {
+        Router {
+            sessions: DashMap::new(),
+            trie: RwLock::new(Trie::default()),
+            retained: RwLock::new(RetainedStore::default()),
+            limits,
+            metrics,
+            next_session_id: AtomicU64::new(1),
+        }
+    }
+
+    pub fn limits(&self) -> &SessionLimits {
+        &self.limits
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Number of sessions (connected and persistent offline).
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Number of (filter, session) subscriptions.
+    pub fn subscription_count(&self) -> usize {
+        self.trie.read().len()
+    }
+
+    /// Number of retained messages.
+    pub fn retained_count(&self) -> usize {
+        self.retained.read().len()
+    }
+
+    fn new_session(&self, client_id: Arc<str>, clean: bool, attach: Attachment) -> Arc<Session> {
+        let id = self.next_session_id.fetch_add(1, Ordering::Relaxed);
+        let session = Session::new(id, client_id, clean);
+        session.state.lock().attached = Some(attach);
+        Arc::new(session)
+    }
+
+    /// Attaches a new connection to `client_id`, closing any connection already using it and
+    /// resuming or discarding the stored session according to clean session.
+    pub fn connect(&self, client_id: &str, clean: bool, attach: Attachment) -> Attached {
+        let key: Arc<str> = Arc::from(client_id);
+        match self.sessions.entry(key.clone()) {
+            MapEntry::Occupied(mut entry) => {
+                let old = entry.get().clone();
+                let mut st = old.state.lock();
+                let took_over = match st.attached.take() {
+                    Some(previous) => {
+                        previous.cancel.cancel();
+                        true
+                    }
+                    None => false,
+                };
+                if clean || st.clean || st.discarded {
+                    drop(st);
+                    self.discard(&old);
+                    let session = self.new_session(key, clean, attach);
+                    entry.insert(session.clone());
+                    Attached {
+                        session,
+                        session_present: false,
+                        took_over,
+                    }
+                } else {
+                    st.attached = Some(attach);
+                    st.disconnected_at = None;
+                    drop(st);
+                    Attached {
+                        session: old,
+                        session_present: true,
+                        took_over,
+                    }
+                }
+            }
+            MapEntry::Vacant(entry) => {
+                let session = self.new_session(key, clean, attach);
+                entry.insert(session.clone());
+                Attached {
+                    session,
+                    session_present: false,
+                    took_over: false,
+                }
+            }
+        }
+    }
+
+    /// Marks the session discarded, drops its messages and removes its subscriptions.
+    fn discard(&self, session: &Arc<Session>) {
+        let (filters, lost) = {
+            let mut st = session.state.lock();
+            st.discarded = true;
+            let filters: Vec<Box<str>> = st.subscriptions.drain().map(|(f, _)| f).collect();
+            (filters, st.clear_messages())
+        };
+        if !filters.is_empty() {
+            let mut trie = self.trie.write();
+            for f in &filters {
+                trie.remove(f, session.id);
+            }
+        }
+        if lost > 0 {
+            self.metrics
+                .dropped(DropReason::SessionExpired, lost as u64);
+        }
+    }
+
+    /// Detaches connection `conn_id` from its session. A clean session ends here; a persistent
+    /// one starts its expiry clock. Does nothing if another connection took the session over.
+    pub fn disconnect(&self, session: &Arc<Session>, conn_id: u64) {
+        let clean = {
+            let mut st = session.state.lock();
+            if st.attached.as_ref().map(|a| a.conn_id) != Some(conn_id) {
+                return;
+            }
+            st.attached = None;
+            st.disconnected_at = Some(Instant::now());
+            st.clean
+        };
+        if clean {
+            self.sessions
+                .remove_if(&session.client_id, |_, s| Arc::ptr_eq(s, session));
+            self.discard(session);
+        }
+    }
+
+    /// Adds or replaces a subscription [MQTT-3.8.4-3]. False if the session was discarded.
+    pub fn subscribe(&self, session: &Arc<Session>, filter: &str, qos: QoS) -> bool {
+        let mut st = session.state.lock();
+        if st.discarded {
+            return false;
+        }
+        st.subscriptions.insert(filter.into(), qos);
+        // Under the session lock so a concurrent discard cannot miss this entry.
+        self.trie
+            .write()
+            .insert(filter, session.id, (session.clone(), qos));
+        true
+    }
+
+    /// Removes a subscription; true if it existed.
+    pub fn unsubscribe(&self, session: &Arc<Session>, filter: &str) -> bool {
+        let mut st = session.state.lock();
+        if st.subscriptions.remove(filter).is_none() {
+            return false;
+        }
+        self.trie.write().remove(filter, session.id)
+    }
+
+    /// Retained messages matching a (valid) filter.
+    pub fn retained_matching(&self, filter: &str, out: &mut Vec<Arc<Publication>>) {
+        self.retained.read().matching(filter, out);
+    }
+
+    /// Routes one message: retained store, then one delivery per matching session at the
+    /// highest QoS its matching subscriptions granted [MQTT-3.3.5-1], capped by the message's.
+    pub fn publish(&self, msg: Arc<Publication>, matches: &mut MatchBuffer) {
+        if msg.retain {
+            self.retained.write().set(msg.clone());
+        }
+        self.trie.read().matches(&msg.topic, matches);
+        if matches.len() > 1 {
+            matches.sort_unstable_by_key(|(id, _)| *id);
+            matches.dedup_by(|later, kept| {
+                if later.0 == kept.0 {
+                    if (later.1 .1 as u8) > (kept.1 .1 as u8) {
+                        kept.1 .1 = later.1 .1;
+                    }
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+        for (_, (session, granted)) in matches.drain(..) {
+            let item = Queued {
+                msg: msg.clone(),
+                qos: min_qos(msg.qos, granted),
+                retain: false,
+            };
+            let result = session.state.lock().enqueue(item, &self.limits);
+            match result {
+                Ok(true) => session.wake.notify_one(),
+                Ok(false) => {}
+                Err(reason) => self.metrics.dropped(reason, 1),
+            }
+        }
+    }
+
+    /// Removes persistent sessions offline for longer than `expiry`; returns how many.
+    pub fn expire_sessions(&self, expiry: Duration) -> usize {
+        let now = Instant::now();
+        let is_expired = |s: &Session| {
+            let st = s.state.lock();
+            st.attached.is_none()
+                && st
+                    .disconnected_at
+                    .is_some_and(|t| now.saturating_duration_since(t) >= expiry)
+        };
+        let candidates: Vec<Arc<Session>> = self
+            .sessions
+            .iter()
+            .filter(|e| is_expired(e.value()))
+            .map(|e| e.value().clone())
+            .collect();
+        let mut expired = 0;
+        for s in candidates {
+            if self
+                .sessions
+                .remove_if(&s.client_id, |_, v| Arc::ptr_eq(v, &s) && is_expired(v))
+                .is_some()
+            {
+                tracing::info!("Expiring client {}, its session was offline for longer than persistent_client_expiration.", s.client_id);
+                self.discard(&s);
+                expired += 1;
+            }
+        }
+        expired
+    }
+}

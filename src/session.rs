@@ -1,0 +1,417 @@
+//! Session state: what the broker keeps per client id, which outlives the connection when
+//! clean session is 0. Subscriptions, the bounded outbound queue, the in-flight window with
+//! packet ids, and inbound QoS 2 state.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use mqttbytes::QoS;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::message::Publication;
+
+/// Per-session limits, from the config.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    /// Unacknowledged outgoing QoS 1/2 messages at most (max_inflight_messages).
+    pub max_inflight: usize,
+    /// Messages waiting beyond the in-flight window at most (max_queued_messages).
+    pub max_queued_messages: usize,
+    /// Topic + payload bytes waiting beyond the in-flight window at most (max_queued_bytes).
+    pub max_queued_bytes: usize,
+    /// Whether QoS 0 messages are queued for offline persistent sessions (queue_qos0_messages).
+    pub queue_qos0: bool,
+}
+
+/// Why a message was not delivered to a session. Each is a label of the drop counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The session's queue is at max_queued_messages or max_queued_bytes.
+    QueueFull,
+    /// QoS 0 message for an offline session while queue_qos0_messages is false.
+    Qos0Offline,
+    /// The session expired or was discarded with messages still queued.
+    SessionExpired,
+}
+
+impl DropReason {
+    /// Label value for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::Qos0Offline => "qos0_offline",
+            DropReason::SessionExpired => "session_expired",
+        }
+    }
+}
+
+/// One client id's session. Shared between the router (deliveries from publishers' tasks)
+/// and the connection task currently attached.
+#[derive(Debug)]
+pub struct Session {
+    /// Unique per session object; keys the session's entries in the trie.
+    pub id: u64,
+    /// The MQTT client identifier.
+    pub client_id: Arc<str>,
+    /// Everything mutable; held briefly, never across an await.
+    pub state: Mutex<SessionState>,
+    /// Wakes the attached connection when its queue goes from empty to non-empty.
+    pub wake: Notify,
+}
+
+impl Session {
+    pub(crate) fn new(id: u64, client_id: Arc<str>, clean: bool) -> Session {
+        Session {
+            id,
+            client_id,
+            state: Mutex::new(SessionState::new(clean)),
+            wake: Notify::new(),
+        }
+    }
+}
+
+/// The connection a session is attached to.
+#[derive(Debug, Clone)]
+pub struct Attachment {
+    /// Connection id; a connection only detaches the session if it is still its own.
+    pub conn_id: u64,
+    /// Cancelled to close the connection on takeover [MQTT-3.1.4-2].
+    pub cancel: CancellationToken,
+}
+
+/// A message waiting for delivery.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    pub msg: Arc<Publication>,
+    /// min(publish QoS, granted QoS).
+    pub qos: QoS,
+    /// Set only for retained messages sent because of a new subscription [MQTT-3.3.1-8].
+    pub retain: bool,
+}
+
+/// Where an outgoing QoS 1/2 message is in its handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InflightState {
+    AwaitPubAck,
+    AwaitPubRec,
+    AwaitPubComp,
+}
+
+/// An outgoing QoS 1/2 message sent and not yet fully acknowledged.
+#[derive(Debug, Clone)]
+pub struct Inflight {
+    pub pkid: u16,
+    pub item: Queued,
+    pub state: InflightState,
+}
+
+/// A packet the connection should write, produced under the session lock and encoded after.
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    Publish { item: Queued, pkid: u16, dup: bool },
+    PubRel(u16),
+}
+
+/// Mutable session state.
+#[derive(Debug)]
+pub struct SessionState {
+    /// Clean session flag of the connection that created it: state ends with that connection.
+    pub clean: bool,
+    /// The connection currently attached, if any.
+    pub attached: Option<Attachment>,
+    /// Set when the session was removed from the router; later subscribes are ignored.
+    pub discarded: bool,
+    /// Topic filter -> granted QoS.
+    pub subscriptions: HashMap<Box<str>, QoS>,
+    /// Messages not yet sent (beyond the in-flight window), oldest first.
+    pub queue: VecDeque<Queued>,
+    /// Topic + payload bytes in `queue`.
+    pub queued_bytes: usize,
+    /// Sent QoS 1/2 messages awaiting acknowledgement, in send order.
+    pub inflight: VecDeque<Inflight>,
+    /// Last packet id handed out.
+    next_pkid: u16,
+    /// Inbound QoS 2 packet ids received and not yet released by PUBREL: a re-sent PUBLISH
+    /// with one of these ids is acknowledged but not routed again.
+    pub incoming_qos2: HashSet<u16>,
+    /// When the last connection went away (for persistent_client_expiration).
+    pub disconnected_at: Option<Instant>,
+    /// Messages dropped for this client since the session began.
+    pub dropped: u64,
+}
+
+impl SessionState {
+    fn new(clean: bool) -> SessionState {
+        SessionState {
+            clean,
+            attached: None,
+            discarded: false,
+            subscriptions: HashMap::new(),
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            inflight: VecDeque::new(),
+            next_pkid: 0,
+            incoming_qos2: HashSet::new(),
+            disconnected_at: None,
+            dropped: 0,
+        }
+    }
+
+    /// Queues a delivery. Returns whether the attached connection needs waking.
+    pub fn enqueue(&mut self, item: Queued, limits: &SessionLimits) -> Result<bool, DropReason> {
+        if self.discarded {
+            return Err(DropReason::SessionExpired);
+        }
+        let online = self.attached.is_some();
+        if !online && item.qos == QoS::AtMostOnce && !limits.queue_qos0 {
+            self.dropped += 1;
+            return Err(DropReason::Qos0Offline);
+        }
+        let size = item.msg.size();
+        if self.queue.len() >= limits.max_queued_messages
+            || self.queued_bytes + size > limits.max_queued_bytes
+        {
+            self.dropped += 1;
+            return Err(DropReason::QueueFull);
+        }
+        let was_empty = self.queue.is_empty();
+        self.queued_bytes += size;
+        self.queue.push_back(item);
+        Ok(online && was_empty)
+    }
+
+    fn alloc_pkid(&mut self) -> u16 {
+        // The window is never full here (checked by the caller), so a free id exists.
+        loop {
+            self.next_pkid = self.next_pkid.wrapping_add(1);
+            if self.next_pkid != 0 && !self.inflight.iter().any(|i| i.pkid == self.next_pkid) {
+                return self.next_pkid;
+            }
+        }
+    }
+
+    /// Moves queued messages into `out` while the in-flight window allows and until about
+    /// `budget` bytes were taken. QoS 1/2 messages get a packet id and enter the window.
+    pub fn take_ready(
+        &mut self,
+        limits: &SessionLimits,
+        mut budget: usize,
+        out: &mut Vec<Outgoing>,
+    ) {
+        while budget > 0 {
+            let Some(front) = self.queue.front() else {
+                break;
+            };
+            if front.qos != QoS::AtMostOnce && self.inflight.len() >= limits.max_inflight {
+                break;
+            }
+            let Some(item) = self.queue.pop_front() else {
+                break;
+            };
+            let size = item.msg.size();
+            self.queued_bytes -= size;
+            budget = budget.saturating_sub(size + 8);
+            if item.qos == QoS::AtMostOnce {
+                out.push(Outgoing::Publish {
+                    item,
+                    pkid: 0,
+                    dup: false,
+                });
+            } else {
+                let pkid = self.alloc_pkid();
+                let state = if item.qos == QoS::AtLeastOnce {
+                    InflightState::AwaitPubAck
+                } else {
+                    InflightState::AwaitPubRec
+                };
+                self.inflight.push_back(Inflight {
+                    pkid,
+                    item: item.clone(),
+                    state,
+                });
+                out.push(Outgoing::Publish {
+                    item,
+                    pkid,
+                    dup: false,
+                });
+            }
+        }
+        if self.queue.is_empty() && self.queue.capacity() > 64 {
+            self.queue.shrink_to_fit();
+        }
+    }
+
+    /// On reconnect: every in-flight message again, in order, PUBLISH with DUP for those not
+    /// yet received by the client, PUBREL for those awaiting PUBCOMP [MQTT-4.4.0-1].
+    pub fn resend_inflight(&self, out: &mut Vec<Outgoing>) {
+        for i in &self.inflight {
+            out.push(match i.state {
+                InflightState::AwaitPubComp => Outgoing::PubRel(i.pkid),
+                _ => Outgoing::Publish {
+                    item: i.item.clone(),
+                    pkid: i.pkid,
+                    dup: true,
+                },
+            });
+        }
+    }
+
+    fn position(&self, pkid: u16, state: InflightState) -> Option<usize> {
+        // Acknowledgements mostly arrive in order: the front is the usual hit.
+        self.inflight
+            .iter()
+            .position(|i| i.pkid == pkid && i.state == state)
+    }
+
+    /// PUBACK: ends a QoS 1 delivery. False if no such message was in flight.
+    pub fn puback(&mut self, pkid: u16) -> bool {
+        match self.position(pkid, InflightState::AwaitPubAck) {
+            Some(p) => self.inflight.remove(p).is_some(),
+            None => false,
+        }
+    }
+
+    /// PUBREC: the client has the QoS 2 message; from now on only PUBREL is owed.
+    pub fn pubrec(&mut self, pkid: u16) -> bool {
+        let pos = self
+            .position(pkid, InflightState::AwaitPubRec)
+            .or_else(|| self.position(pkid, InflightState::AwaitPubComp));
+        match pos.and_then(|p| self.inflight.get_mut(p)) {
+            Some(i) => {
+                i.state = InflightState::AwaitPubComp;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// PUBCOMP: ends a QoS 2 delivery.
+    pub fn pubcomp(&mut self, pkid: u16) -> bool {
+        match self.position(pkid, InflightState::AwaitPubComp) {
+            Some(p) => self.inflight.remove(p).is_some(),
+            None => false,
+        }
+    }
+
+    /// Empties the queue and window (session discarded or expired); returns how many
+    /// messages were lost.
+    pub fn clear_messages(&mut self) -> usize {
+        let n = self.queue.len() + self.inflight.len();
+        self.queue = VecDeque::new();
+        self.inflight = VecDeque::new();
+        self.queued_bytes = 0;
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn limits() -> SessionLimits {
+        SessionLimits {
+            max_inflight: 2,
+            max_queued_messages: 3,
+            max_queued_bytes: 1 << 20,
+            queue_qos0: false,
+        }
+    }
+
+    fn item(qos: QoS) -> Queued {
+        Queued {
+            msg: Arc::new(Publication {
+                topic: Bytes::from_static(b"t"),
+                payload: Bytes::from_static(b"p"),
+                qos,
+                retain: false,
+            }),
+            qos,
+            retain: false,
+        }
+    }
+
+    fn attach(s: &mut SessionState) {
+        s.attached = Some(Attachment {
+            conn_id: 1,
+            cancel: CancellationToken::new(),
+        });
+    }
+
+    #[test]
+    fn inflight_window_bounds_qos1_and_ids_are_distinct() {
+        let mut s = SessionState::new(false);
+        attach(&mut s);
+        for _ in 0..3 {
+            s.enqueue(item(QoS::AtLeastOnce), &limits()).unwrap();
+        }
+        assert_eq!(
+            s.enqueue(item(QoS::AtLeastOnce), &limits()),
+            Err(DropReason::QueueFull)
+        );
+        let mut out = Vec::new();
+        s.take_ready(&limits(), usize::MAX, &mut out);
+        assert_eq!(out.len(), 2);
+        let ids: Vec<u16> = s.inflight.iter().map(|i| i.pkid).collect();
+        assert_eq!(ids, vec![1, 2]);
+        assert!(s.puback(1));
+        assert!(!s.puback(1));
+        out.clear();
+        s.take_ready(&limits(), usize::MAX, &mut out);
+        assert_eq!(
+            s.inflight.iter().map(|i| i.pkid).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+    }
+
+    #[test]
+    fn packet_ids_skip_zero_and_ids_in_flight() {
+        let mut s = SessionState::new(false);
+        s.next_pkid = u16::MAX - 1;
+        s.inflight.push_back(Inflight {
+            pkid: 1,
+            item: item(QoS::AtLeastOnce),
+            state: InflightState::AwaitPubAck,
+        });
+        assert_eq!(s.alloc_pkid(), u16::MAX);
+        assert_eq!(s.alloc_pkid(), 2);
+    }
+
+    #[test]
+    fn qos2_handshake_and_resend_order() {
+        let mut s = SessionState::new(false);
+        attach(&mut s);
+        s.enqueue(item(QoS::ExactlyOnce), &limits()).unwrap();
+        s.enqueue(item(QoS::ExactlyOnce), &limits()).unwrap();
+        let mut out = Vec::new();
+        s.take_ready(&limits(), usize::MAX, &mut out);
+        assert!(s.pubrec(1));
+        out.clear();
+        s.resend_inflight(&mut out);
+        assert!(matches!(out[0], Outgoing::PubRel(1)));
+        assert!(matches!(
+            out[1],
+            Outgoing::Publish {
+                pkid: 2,
+                dup: true,
+                ..
+            }
+        ));
+        assert!(!s.puback(1));
+        assert!(s.pubcomp(1));
+        assert_eq!(s.inflight.len(), 1);
+    }
+
+    #[test]
+    fn qos0_is_not_queued_offline_by_default() {
+        let mut s = SessionState::new(false);
+        assert_eq!(
+            s.enqueue(item(QoS::AtMostOnce), &limits()),
+            Err(DropReason::Qos0Offline)
+        );
+        assert_eq!(s.enqueue(item(QoS::AtLeastOnce), &limits()), Ok(false));
+    }
+}

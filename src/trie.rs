@@ -1,0 +1,283 @@
+//! The subscription trie shared by all connections.
+//!
+//! One node per topic level. A node holds the subscribers whose filter ends exactly there and
+//! the subscribers of `<that level>/#`; `+` is a separate child. Matching walks only the
+//! branches the topic can reach, so its cost depends on the topic's depth and the matching
+//! subscriptions, not on how many other subscriptions exist.
+
+use std::collections::HashMap;
+
+/// A subscriber's entry: who (a unique session id) and what it stored (e.g. session handle + QoS).
+pub type Entry<V> = (u64, V);
+
+#[derive(Debug)]
+struct Node<V> {
+    /// Literal child levels.
+    children: HashMap<Box<[u8]>, Node<V>>,
+    /// The `+` child.
+    plus: Option<Box<Node<V>>>,
+    /// Filters ending at this node.
+    exact: Vec<Entry<V>>,
+    /// Filters ending in `/#` below this node (or `#` at the root).
+    multi: Vec<Entry<V>>,
+}
+
+impl<V> Default for Node<V> {
+    fn default() -> Self {
+        Node {
+            children: HashMap::new(),
+            plus: None,
+            exact: Vec::new(),
+            multi: Vec::new(),
+        }
+    }
+}
+
+impl<V> Node<V> {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty()
+            && self.plus.is_none()
+            && self.exact.is_empty()
+            && self.multi.is_empty()
+    }
+}
+
+/// Topic-filter trie mapping filters to subscriber entries.
+#[derive(Debug)]
+pub struct Trie<V> {
+    root: Node<V>,
+    /// Number of (filter, subscriber) pairs stored.
+    len: usize,
+}
+
+impl<V> Default for Trie<V> {
+    fn default() -> Self {
+        Trie {
+            root: Node::default(),
+            len: 0,
+        }
+    }
+}
+
+fn upsert<V>(list: &mut Vec<Entry<V>>, id: u64, value: V) -> bool {
+    match list.iter_mut().find(|(i, _)| *i == id) {
+        Some(slot) => {
+            slot.1 = value;
+            false
+        }
+        None => {
+            list.push((id, value));
+            true
+        }
+    }
+}
+
+fn remove_from<V>(list: &mut Vec<Entry<V>>, id: u64) -> bool {
+    match list.iter().position(|(i, _)| *i == id) {
+        Some(pos) => {
+            list.swap_remove(pos);
+            if list.is_empty() {
+                list.shrink_to_fit();
+            }
+            true
+        }
+        None => false,
+    }
+}
+
+impl<V: Clone> Trie<V> {
+    /// Number of (filter, subscriber) pairs.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when no subscription is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Adds or replaces subscriber `id` on `filter` (which must be valid). Returns true if new.
+    pub fn insert(&mut self, filter: &str, id: u64, value: V) -> bool {
+        let mut node = &mut self.root;
+        let mut levels = filter.split('/').peekable();
+        while let Some(level) = levels.next() {
+            if level == "#" && levels.peek().is_none() {
+                let added = upsert(&mut node.multi, id, value);
+                self.len += added as usize;
+                return added;
+            }
+            node = if level == "+" {
+                node.plus.get_or_insert_with(Default::default)
+            } else {
+                node.children.entry(level.as_bytes().into()).or_default()
+            };
+        }
+        let added = upsert(&mut node.exact, id, value);
+        self.len += added as usize;
+        added
+    }
+
+    /// Removes subscriber `id` from `filter`. Returns true if it was there. Prunes empty nodes.
+    pub fn remove(&mut self, filter: &str, id: u64) -> bool {
+        let levels: Vec<&str> = filter.split('/').collect();
+        let removed = Self::remove_at(&mut self.root, &levels, id);
+        self.len -= removed as usize;
+        removed
+    }
+
+    fn remove_at(node: &mut Node<V>, levels: &[&str], id: u64) -> bool {
+        match levels {
+            [] => remove_from(&mut node.exact, id),
+            ["#"] => remove_from(&mut node.multi, id),
+            [level, rest @ ..] => {
+                if *level == "+" {
+                    let Some(child) = node.plus.as_deref_mut() else {
+                        return false;
+                    };
+                    let removed = Self::remove_at(child, rest, id);
+                    if child.is_empty() {
+                        node.plus = None;
+                    }
+                    removed
+                } else {
+                    let Some(child) = node.children.get_mut(level.as_bytes()) else {
+                        return false;
+                    };
+                    let removed = Self::remove_at(child, rest, id);
+                    if child.is_empty() {
+                        node.children.remove(level.as_bytes());
+                    }
+                    removed
+                }
+            }
+        }
+    }
+
+    /// Appends every entry whose filter matches `topic` to `out`. A subscriber with several
+    /// matching filters appears once per filter; the caller merges them.
+    pub fn matches(&self, topic: &[u8], out: &mut Vec<Entry<V>>) {
+        // [MQTT-4.7.2-1] wildcards at the first level do not match '$' topics.
+        let dollar = topic.first() == Some(&b'$');
+        Self::collect(&self.root, Some(topic), dollar, out);
+    }
+
+    fn collect(node: &Node<V>, rest: Option<&[u8]>, skip_wildcards: bool, out: &mut Vec<Entry<V>>) {
+        if !skip_wildcards {
+            out.extend(node.multi.iter().cloned());
+        }
+        let Some(rest) = rest else {
+            out.extend(node.exact.iter().cloned());
+            return;
+        };
+        let (level, next) = match rest.iter().position(|&b| b == b'/') {
+            Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+            None => (rest, None),
+        };
+        if let Some(child) = node.children.get(level) {
+            Self::collect(child, next, false, out);
+        }
+        if !skip_wildcards {
+            if let Some(child) = node.plus.as_deref() {
+                Self::collect(child, next, false, out);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::topic::filter_matches;
+    use proptest::prelude::*;
+
+    fn matched(trie: &Trie<()>, topic: &str) -> Vec<u64> {
+        let mut out = Vec::new();
+        trie.matches(topic.as_bytes(), &mut out);
+        let mut ids: Vec<u64> = out.into_iter().map(|(id, _)| id).collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    #[test]
+    fn wildcards_match_as_section_4_7_describes() {
+        let mut t = Trie::default();
+        t.insert("sport/#", 1, ());
+        t.insert("sport/+", 2, ());
+        t.insert("#", 3, ());
+        t.insert("+/+", 4, ());
+        t.insert("$SYS/#", 5, ());
+        assert_eq!(matched(&t, "sport"), vec![1, 3]);
+        assert_eq!(matched(&t, "sport/tennis"), vec![1, 2, 3, 4]);
+        assert_eq!(matched(&t, "/finance"), vec![3, 4]);
+        // [MQTT-4.7.2-1]
+        assert_eq!(matched(&t, "$SYS/broker"), vec![5]);
+    }
+
+    #[test]
+    fn remove_prunes_and_counts() {
+        let mut t = Trie::default();
+        assert!(t.insert("a/+/c", 1, ()));
+        assert!(!t.insert("a/+/c", 1, ()));
+        assert!(t.insert("a/#", 1, ()));
+        assert_eq!(t.len(), 2);
+        assert!(t.remove("a/+/c", 1));
+        assert!(!t.remove("a/+/c", 1));
+        assert!(t.remove("a/#", 1));
+        assert!(t.is_empty());
+        assert!(t.root.is_empty());
+    }
+
+    fn level() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("a".to_string()),
+            Just("b".to_string()),
+            Just("".to_string()),
+            Just("$x".to_string()),
+            Just("é".to_string()),
+        ]
+    }
+
+    fn topic() -> impl Strategy<Value = String> {
+        prop::collection::vec(level(), 1..5).prop_map(|l| l.join("/"))
+    }
+
+    fn filter() -> impl Strategy<Value = String> {
+        (
+            prop::collection::vec(prop_oneof![level(), Just("+".to_string())], 0..4),
+            any::<bool>(),
+        )
+            .prop_filter_map("empty filter", |(mut l, hash)| {
+                if hash {
+                    l.push("#".into());
+                }
+                (!l.is_empty()).then(|| l.join("/"))
+            })
+    }
+
+    proptest! {
+        /// The trie agrees with the plain reference matcher on random filters and topics.
+        #[test]
+        fn trie_agrees_with_reference_matcher(
+            filters in prop::collection::vec(filter(), 1..30),
+            topics in prop::collection::vec(topic(), 1..20),
+            removals in prop::collection::vec(any::<prop::sample::Index>(), 0..10),
+        ) {
+            let mut trie = Trie::default();
+            for (id, f) in filters.iter().enumerate() {
+                trie.insert(f, id as u64, ());
+            }
+            let mut live: Vec<bool> = vec![true; filters.len()];
+            for r in removals {
+                let id = r.index(filters.len());
+                trie.remove(&filters[id], id as u64);
+                live[id] = false;
+            }
+            for t in &topics {
+                let expected: Vec<u64> = filters.iter().enumerate()
+                    .filter(|(id, f)| live[*id] && filter_matches(f, t))
+                    .map(|(id, _)| id as u64).collect();
+                prop_assert_eq!(matched(&trie, t), expected, "topic {}", t);
+            }
+        }
+    }
+}
