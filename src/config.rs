@@ -3,13 +3,14 @@
 //! startup with a message naming the key.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 use thiserror::Error;
 
 use crate::session::SessionLimits;
+use crate::tls::TlsFiles;
 
 /// Default MQTT port.
 pub const DEFAULT_PORT: u16 = 1883;
@@ -41,9 +42,39 @@ fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
 pub struct ListenerConfig {
     /// TCP port; 0 picks a free port (tests).
     pub port: u16,
-    /// Address to bind. Default "0.0.0.0" (all IPv4 addresses), as Mosquitto's `listener PORT`.
+        /// Address to bind. Default "0.0.0.0" (all IPv4 addresses), as Mosquitto's `listener PORT`.
     #[serde(default = "default_bind_address")]
     pub bind_address: String,
+    /// Server certificate chain, PEM. With keyfile, makes this a TLS listener. Default none.
+    #[serde(default)]
+    pub certfile: Option<PathBuf>,
+    /// Server private key, PEM. Default none.
+    #[serde(default)]
+    pub keyfile: Option<PathBuf>,
+    /// CA certificates that sign client certificates, PEM. Default none (no client certs).
+    #[serde(default)]
+    pub cafile: Option<PathBuf>,
+    /// Refuse TLS clients without a certificate signed by cafile. Default false.
+    #[serde(default)]
+    pub require_certificate: bool,
+    /// Use the client certificate's identity as the user name (no password). Default false.
+    #[serde(default)]
+    pub use_identity_as_username: bool,
+    /// Which identity: "cn" (subject common name) or "san" (first subject alternative name).
+    /// Default "cn".
+    #[serde(default)]
+    pub identity_source: IdentitySource,
+}
+
+/// Where `use_identity_as_username` takes the user name from.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum IdentitySource {
+    /// The subject's common name.
+    #[default]
+    Cn,
+    /// The first DNS, e-mail or URI subject alternative name.
+    San,
 }
 
 fn default_bind_address() -> String {
@@ -51,6 +82,48 @@ fn default_bind_address() -> String {
 }
 
 impl ListenerConfig {
+    /// A plain TCP listener.
+    pub fn plain(bind_address: &str, port: u16) -> ListenerConfig {
+        ListenerConfig {
+            port,
+            bind_address: bind_address.to_string(),
+            certfile: None,
+            keyfile: None,
+            cafile: None,
+            require_certificate: false,
+            use_identity_as_username: false,
+            identity_source: IdentitySource::Cn,
+        }
+    }
+
+    /// The TLS files, if this is a TLS listener.
+    pub fn tls_files(&self) -> Result<Option<TlsFiles>, ConfigError> {
+        match (&self.certfile, &self.keyfile) {
+            (Some(certfile), Some(keyfile)) => Ok(Some(TlsFiles {
+                certfile: certfile.clone(),
+                keyfile: keyfile.clone(),
+                cafile: self.cafile.clone(),
+                require_certificate: self.require_certificate,
+            })),
+            (None, None) => {
+                for (set, key) in [
+                    (self.cafile.is_some(), "cafile"),
+                    (self.require_certificate, "require_certificate"),
+                    (self.use_identity_as_username, "use_identity_as_username"),
+                ] {
+                    if set {
+                        return Err(invalid(
+                            &format!("listener.{key}"),
+                            format!("listener on port {} has no certfile/keyfile, so it is not a TLS listener", self.port),
+                        ));
+                    }
+                }
+                Ok(None)
+            }
+            (Some(_), None) => Err(invalid("listener.keyfile", "certfile is set but keyfile is missing")),
+            (None, Some(_)) => Err(invalid("listener.certfile", "keyfile is set but certfile is missing")),
+        }
+    }
     /// The socket address to bind.
     pub fn socket_addr(&self) -> Result<SocketAddr, ConfigError> {
         let ip: IpAddr = self.bind_address.parse().map_err(|_| {
@@ -91,8 +164,20 @@ pub struct Config {
     pub retain_available: bool,
     /// Queue QoS 0 messages for offline persistent sessions. Default false (Mosquitto's).
     pub queue_qos0_messages: bool,
-    /// Seconds a new socket has to send CONNECT. Default 10.
+        /// Seconds a new socket has to send CONNECT. Default 10.
     pub connect_timeout: u64,
+    /// Serve Prometheus metrics over HTTP. Default true.
+    pub metrics_enabled: bool,
+    /// Address of the metrics endpoint. Default "127.0.0.1": scrapes from this host only.
+    pub metrics_bind_address: String,
+    /// Port of the metrics endpoint. Default 9234 (the port Mosquitto exporters use).
+    pub metrics_port: u16,
+        /// Seconds between `$SYS` updates; 0 turns them off. Default 10 (Mosquitto's).
+    pub sys_interval: u64,
+    /// Seconds a TLS client has to finish its handshake. Default 10.
+    pub tls_handshake_timeout: u64,
+    /// Seconds between checks of TLS files for changes; 0: only on SIGHUP. Default 5.
+    pub tls_reload_interval: u64,
 }
 
 impl Default for Config {
@@ -109,7 +194,13 @@ impl Default for Config {
             persistent_client_expiration: "1d".to_string(),
             retain_available: true,
             queue_qos0_messages: false,
-            connect_timeout: 10,
+                        connect_timeout: 10,
+            metrics_enabled: true,
+            metrics_bind_address: "127.0.0.1".to_string(),
+            metrics_port: 9234,
+                        sys_interval: 10,
+            tls_handshake_timeout: 10,
+            tls_reload_interval: 5,
         }
     }
 }
@@ -163,8 +254,12 @@ impl Config {
 
     /// Checks every value; the error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        for l in &self.listener {
+                for l in &self.listener {
             l.socket_addr()?;
+            l.tls_files()?;
+        }
+        if self.tls_handshake_timeout == 0 {
+            return Err(invalid("tls_handshake_timeout", "must be at least 1 second"));
         }
         if self.max_connections == 0 {
             return Err(invalid("max_connections", "must be at least 1"));
@@ -190,18 +285,27 @@ impl Config {
         if self.connect_timeout == 0 {
             return Err(invalid("connect_timeout", "must be at least 1 second"));
         }
-        parse_expiration(&self.persistent_client_expiration)
+                parse_expiration(&self.persistent_client_expiration)
             .map_err(|r| invalid("persistent_client_expiration", r))?;
+        self.metrics_addr()?;
         Ok(())
+    }
+
+    /// The metrics endpoint address.
+    pub fn metrics_addr(&self) -> Result<SocketAddr, ConfigError> {
+        let ip: IpAddr = self.metrics_bind_address.parse().map_err(|_| {
+            invalid(
+                "metrics_bind_address",
+                format!("`{}` is not an IP address", self.metrics_bind_address),
+            )
+        })?;
+        Ok(SocketAddr::new(ip, self.metrics_port))
     }
 
     /// The listeners to open: the configured ones, or 127.0.0.1 on `default_port`.
     pub fn effective_listeners(&self, default_port: u16) -> Vec<ListenerConfig> {
-        if self.listener.is_empty() {
-            vec![ListenerConfig {
-                port: default_port,
-                bind_address: "127.0.0.1".to_string(),
-            }]
+                if self.listener.is_empty() {
+            vec![ListenerConfig::plain("127.0.0.1", default_port)]
         } else {
             self.listener.clone()
         }
@@ -242,11 +346,8 @@ mod tests {
         assert!(c.anonymous_allowed());
         assert_eq!(c.expiration(), Some(Duration::from_secs(86_400)));
         assert_eq!(
-            c.effective_listeners(1884),
-            vec![ListenerConfig {
-                port: 1884,
-                bind_address: "127.0.0.1".into()
-            }]
+                        c.effective_listeners(1884),
+            vec![ListenerConfig::plain("127.0.0.1", 1884)]
         );
     }
 

@@ -4,7 +4,7 @@
 //! batch. Keepalive is enforced in the read path.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ use crate::protocol::codec::{self, Ack};
 use crate::protocol::topic::validate_topic_filter;
 use crate::protocol::{decode, Connect, Packet, ProtocolError, Will};
 use crate::router::{MatchBuffer, Router};
-use crate::session::{Attachment, Outgoing, Queued, Session};
+use crate::session::{Attachment, DropReason, Outgoing, Queued, Session};
 
 /// Read buffer reserve per read; grows for large packets, shrinks back when idle.
 const READ_CHUNK: usize = 4 * 1024;
@@ -72,12 +72,24 @@ pub struct Context {
     pub shutdown: CancellationToken,
 }
 
+/// What the listener learned from the client certificate for `use_identity_as_username`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertUser {
+    /// Not a TLS listener with use_identity_as_username: CONNECT credentials count.
+    NotUsed,
+    /// The certificate's identity, which becomes the user name.
+    Identity(String),
+    /// use_identity_as_username is set but the client sent no usable certificate.
+    Missing,
+}
+
 /// Serves one client until it disconnects.
-pub async fn serve<S>(stream: S, peer: SocketAddr, ctx: Context)
+pub async fn serve<S>(stream: S, peer: SocketAddr, ctx: Context, cert_user: CertUser)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let conn_id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
+        let conn_id = NEXT_CONN_ID.fetch_add(1, Relaxed);
+    let stats = &ctx.router.metrics().stats;
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
     let limit = ctx.config.message_size_limit;
@@ -90,7 +102,8 @@ where
         _ = ctx.shutdown.cancelled() => return,
     };
     let connect = match first {
-        Err(_) => {
+                Err(_) => {
+            stats.connect_timeouts.fetch_add(1, Relaxed);
             info!(
                 "Client from {peer} did not send CONNECT within {}s, closing.",
                 ctx.config.connect_timeout
@@ -101,14 +114,20 @@ where
             debug!("Socket from {peer} closed before CONNECT.");
             return;
         }
-        Ok(Err(e)) => {
-            ctx.router.metrics().protocol_errors.increment(1);
+                        Ok(Err(e)) => {
+            if let CloseReason::Protocol(p) = &e {
+                note_protocol_error(&ctx, p);
+            }
+            if inbuf.first() == Some(&0x16) {
+                warn!("Client from {peer} sent a TLS handshake to a plain MQTT listener; closing.");
+                return;
+            }
             warn!("Bad first packet from {peer}: {e}");
             return;
         }
         Ok(Ok(Packet::Connect(c))) => c,
-        Ok(Ok(other)) => {
-            ctx.router.metrics().protocol_errors.increment(1);
+                Ok(Ok(other)) => {
+            stats.protocol_errors.fetch_add(1, Relaxed);
             warn!(
                 "Client from {peer}: {}",
                 ProtocolError::NotConnect(packet_name(&other))
@@ -117,8 +136,10 @@ where
         }
     };
 
+        let mut connect = connect;
     let mut out = BytesMut::new();
-    if let Err(refusal) = check_connect(&connect, &ctx.config) {
+    if let Err(refusal) = check_connect(&connect, &ctx.config, &cert_user) {
+                stats.connections_refused.fetch_add(1, Relaxed);
         codec::encode_connack(&mut out, false, refusal.code);
         let _ = wr.write_all(&out).await;
         let _ = wr.shutdown().await;
@@ -129,6 +150,11 @@ where
         return;
     }
 
+        if let CertUser::Identity(id) = cert_user {
+        // The certificate is the credential; a CONNECT user name/password is ignored.
+        connect.username = Some(id);
+        connect.password = None;
+    }
     let client_id = if connect.client_id.is_empty() {
         // [MQTT-3.1.3-6] empty id with clean session 1: assign a unique one.
         format!("auto-{conn_id:x}-{:x}", std::process::id())
@@ -147,9 +173,8 @@ where
     if attached.took_over {
         info!("Client {client_id} already connected, closing old connection.");
     }
-    let metrics = ctx.router.metrics();
-    metrics.connections_total.increment(1);
-    metrics.clients_connected.increment(1.0);
+        stats.connections_total.fetch_add(1, Relaxed);
+    stats.clients_connected.fetch_add(1, Relaxed);
     info!(
         "New client connected from {peer} as {client_id} (p{}, c{}, k{}{}).",
         connect.level,
@@ -192,11 +217,11 @@ where
         )
         .await;
 
-    metrics.clients_connected.decrement(1.0);
+        stats.clients_connected.fetch_sub(1, Relaxed);
     match &reason {
         CloseReason::Disconnect => info!("Client {} disconnected.", conn.client_id),
         CloseReason::Protocol(e) => {
-            metrics.protocol_errors.increment(1);
+                        note_protocol_error(&ctx, e);
             warn!(
                 "Client {} from {peer} disconnected: protocol error: {e}",
                 conn.client_id
@@ -207,8 +232,9 @@ where
             conn.client_id
         ),
     }
-    if reason.publishes_will() {
+        if reason.publishes_will() {
         if let Some(will) = conn.will.take() {
+            stats.wills_published.fetch_add(1, Relaxed);
             debug!(
                 "Publishing will of {} on {}",
                 conn.client_id,
@@ -231,13 +257,21 @@ where
     }
 }
 
+fn note_protocol_error(ctx: &Context, e: &ProtocolError) {
+    let stats = &ctx.router.metrics().stats;
+    stats.protocol_errors.fetch_add(1, Relaxed);
+    if matches!(e, ProtocolError::TooLarge { .. }) {
+        stats.dropped(DropReason::TooLarge, 1);
+    }
+}
+
 /// A CONNECT refused with a CONNACK return code.
 struct Refusal {
     code: u8,
     reason: &'static str,
 }
 
-fn check_connect(c: &Connect, config: &Config) -> Result<(), Refusal> {
+fn check_connect(c: &Connect, config: &Config, cert_user: &CertUser) -> Result<(), Refusal> {
     if c.level != 4 {
         // [MQTT-3.1.2-2]
         return Err(Refusal {
@@ -256,6 +290,16 @@ fn check_connect(c: &Connect, config: &Config) -> Result<(), Refusal> {
             code: 0x02,
             reason: "keepalive above max_keepalive",
         });
+    }
+        match cert_user {
+        CertUser::Identity(_) => return Ok(()),
+        CertUser::Missing => {
+            return Err(Refusal {
+                code: 0x05,
+                reason: "not authorised: use_identity_as_username is set but the client sent no certificate identity",
+            })
+        }
+        CertUser::NotUsed => {}
     }
     if !config.anonymous_allowed() {
         // No password_file support yet: without anonymous access nobody can be authenticated.
@@ -349,8 +393,9 @@ impl Connection {
                     return if shutdown.is_cancelled() { CloseReason::Shutdown } else { CloseReason::TakenOver };
                 }
                 r = wr.write(&self.out), if !self.out.is_empty() => match r {
-                    Ok(0) => return CloseReason::PeerClosed,
+                                        Ok(0) => return CloseReason::PeerClosed,
                     Ok(n) => {
+                        self.router.metrics().stats.bytes_sent.fetch_add(n as u64, Relaxed);
                         self.out.advance(n);
                         if self.out.is_empty() && self.out.capacity() > SHRINK_ABOVE {
                             self.out = BytesMut::new();
@@ -360,7 +405,8 @@ impl Connection {
                 },
                 r = rd.read_buf(inbuf), if self.out.len() < WRITE_LIMIT => match r {
                     Ok(0) => return CloseReason::PeerClosed,
-                    Ok(_) => {
+                                        Ok(n) => {
+                        self.router.metrics().stats.bytes_received.fetch_add(n as u64, Relaxed);
                         if let Err(reason) = self.process_input(inbuf, limit, &mut last_packet) {
                             return reason;
                         }
@@ -371,6 +417,7 @@ impl Connection {
                 _ = &mut idle, if keep_alive > 0 => {
                     let deadline = last_packet + keepalive;
                     if Instant::now() >= deadline {
+                                                self.router.metrics().stats.keepalive_timeouts.fetch_add(1, Relaxed);
                         return CloseReason::KeepaliveTimeout;
                     }
                     idle.as_mut().reset(deadline);
@@ -386,10 +433,29 @@ impl Connection {
         limit: usize,
         last_packet: &mut Instant,
     ) -> Result<(), CloseReason> {
-        while let Some(p) = decode(inbuf, limit)? {
-            *last_packet = Instant::now();
-            self.handle(p)?;
+                let mut received = [0u64; 3];
+        let result = loop {
+            match decode(inbuf, limit) {
+                Ok(Some(p)) => {
+                    if let Packet::Publish { publication, .. } = &p {
+                        received[publication.qos as usize] += 1;
+                    }
+                    if let Err(e) = self.handle(p) {
+                        break Err(e);
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(CloseReason::from(e)),
+            }
+        };
+        *last_packet = Instant::now();
+        let stats = &self.router.metrics().stats;
+        for (q, n) in received.iter().enumerate() {
+            if *n > 0 {
+                stats.received[q].fetch_add(*n, Relaxed);
+            }
         }
+        result?;
         if inbuf.is_empty() && inbuf.capacity() > SHRINK_ABOVE {
             *inbuf = BytesMut::new();
         }
@@ -410,8 +476,18 @@ impl Connection {
         self.encode_pending();
     }
 
-    fn encode_pending(&mut self) {
+        fn encode_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
         let metrics = self.router.metrics();
+        let mut sent = [0u64; 3];
+        if let Some(Outgoing::Publish { item, .. }) = self.pending.first() {
+            // One latency sample per batch (its oldest message) keeps the hot path cheap.
+            metrics
+                .delivery_latency
+                .record(item.msg.received_at.elapsed().as_secs_f64());
+        }
         for o in self.pending.drain(..) {
             match o {
                 Outgoing::Publish { item, pkid, dup } => {
@@ -423,9 +499,14 @@ impl Connection {
                         dup,
                         item.retain,
                     );
-                    metrics.messages_sent[item.qos as usize].increment(1);
+                                        sent[item.qos as usize] += 1;
                 }
                 Outgoing::PubRel(pkid) => codec::encode_ack(&mut self.out, Ack::PubRel, pkid),
+            }
+        }
+        for (q, n) in sent.iter().enumerate() {
+            if *n > 0 {
+                metrics.stats.sent[q].fetch_add(*n, Relaxed);
             }
         }
     }
@@ -493,13 +574,7 @@ impl Connection {
                 "PUBLISH with retain while retain_available is false",
             ));
         }
-        let metrics = self.router.metrics();
-        let qos = publication.qos;
-        metrics.messages_received[qos as usize].increment(1);
-        metrics
-            .payload_bytes_received
-            .increment(publication.payload.len() as u64);
-        match qos {
+                match publication.qos {
             QoS::AtMostOnce => self
                 .router
                 .publish(Arc::new(publication), &mut self.matches),
@@ -558,7 +633,7 @@ impl Connection {
                     retain: true,
                 };
                 if let Err(reason) = st.enqueue(item, self.router.limits()) {
-                    self.router.metrics().dropped(reason, 1);
+                                        self.router.metrics().stats.dropped(reason, 1);
                 }
             }
         }

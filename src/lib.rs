@@ -22,6 +22,7 @@
 
 pub mod config;
 pub mod connection;
+pub mod http;
 pub mod message;
 pub mod metrics;
 pub mod protocol;
@@ -29,6 +30,8 @@ pub mod retained;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod sys;
+pub mod tls;
 pub mod trie;
 
 pub use config::{Config, ConfigError};

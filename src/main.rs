@@ -65,12 +65,24 @@ fn main() -> anyhow::Result<()> {
         .context("starting the tokio runtime")?;
     runtime.block_on(async move {
         let broker = Broker::bind_with_default_port(config, cli.port).await?;
-        let shutdown = broker.shutdown_token();
+                let shutdown = broker.shutdown_token();
         tokio::spawn(async move {
             wait_for_signal().await;
             info!("Signal received, shutting down.");
             shutdown.cancel();
         });
+        #[cfg(unix)]
+        {
+            let reload = broker.reload_handle();
+            if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        info!("SIGHUP received: reloading certificates.");
+                        reload.notify_waiters();
+                    }
+                });
+            }
+        }
         broker.run().await?;
         info!("roostd stopped.");
         Ok(())

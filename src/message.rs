@@ -17,6 +17,8 @@ pub struct Publication {
     pub qos: QoS,
     /// Whether the publisher asked for it to be retained.
     pub retain: bool,
+    /// When the broker decoded it (publish-to-delivery latency).
+    pub received_at: std::time::Instant,
 }
 
 impl Publication {

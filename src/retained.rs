@@ -140,6 +140,7 @@ mod tests {
             payload: Bytes::copy_from_slice(payload.as_bytes()),
             qos: QoS::AtMostOnce,
             retain: true,
+            received_at: std::time::Instant::now(),
         })
     }
 

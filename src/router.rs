@@ -16,10 +16,22 @@ use parking_lot::RwLock;
 use tokio::time::Instant;
 
 use crate::message::{min_qos, Publication};
-use crate::metrics::Metrics;
+use crate::metrics::{Gauges, Metrics};
 use crate::retained::RetainedStore;
 use crate::session::{Attachment, DropReason, Queued, Session, SessionLimits};
 use crate::trie::{Entry, Trie};
+
+/// One line of the slow-client report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClientReport {
+    pub client_id: String,
+    pub online: bool,
+    pub queued: usize,
+    pub queued_bytes: usize,
+    pub inflight: usize,
+    pub dropped: u64,
+    pub dropped_by_reason: Vec<(&'static str, u64)>,
+}
 
 /// What a trie entry carries: the subscriber and its granted QoS.
 pub type Subscriber = (Arc<Session>, QoS);
@@ -153,7 +165,8 @@ impl Router {
             }
         }
         if lost > 0 {
-            self.metrics
+                        self.metrics
+                .stats
                 .dropped(DropReason::SessionExpired, lost as u64);
         }
     }
@@ -235,9 +248,57 @@ impl Router {
             match result {
                 Ok(true) => session.wake.notify_one(),
                 Ok(false) => {}
-                Err(reason) => self.metrics.dropped(reason, 1),
+                Err(reason) => self.metrics.stats.dropped(reason, 1),
             }
         }
+    }
+
+    /// Registry-wide figures for metrics and $SYS (walks every session: call per scrape or
+    /// sys_interval, not per message).
+    pub fn gauges(&self) -> Gauges {
+        let mut g = Gauges::default();
+        for e in self.sessions.iter() {
+            let st = e.value().state.lock();
+            if st.attached.is_some() {
+                g.sessions_online += 1;
+            } else {
+                g.sessions_offline += 1;
+            }
+            g.queued_messages += st.queue.len() as u64;
+            g.inflight_messages += st.inflight.len() as u64;
+            g.max_client_queue = g.max_client_queue.max(st.queue.len() as u64);
+        }
+        g.subscriptions = self.subscription_count() as u64;
+        g.retained_messages = self.retained_count() as u64;
+        g
+    }
+
+    /// The `n` clients with the most dropped messages (then deepest queues): who is slow and why.
+    pub fn slow_clients(&self, n: usize) -> Vec<ClientReport> {
+        let mut all: Vec<ClientReport> = self
+            .sessions
+            .iter()
+            .filter_map(|e| {
+                let st = e.value().state.lock();
+                let dropped = st.dropped_total();
+                (dropped > 0 || !st.queue.is_empty()).then(|| ClientReport {
+                    client_id: e.key().to_string(),
+                    online: st.attached.is_some(),
+                    queued: st.queue.len(),
+                    queued_bytes: st.queued_bytes,
+                    inflight: st.inflight.len(),
+                    dropped,
+                    dropped_by_reason: DropReason::ALL
+                        .iter()
+                        .filter(|r| st.dropped[r.index()] > 0)
+                        .map(|r| (r.as_str(), st.dropped[r.index()]))
+                        .collect(),
+                })
+            })
+            .collect();
+        all.sort_unstable_by(|a, b| (b.dropped, b.queued).cmp(&(a.dropped, a.queued)));
+        all.truncate(n);
+        all
     }
 
     /// Removes persistent sessions offline for longer than `expiry`; returns how many.

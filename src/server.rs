@@ -1,22 +1,25 @@
-//! Listeners, the accept loop with its connection limit, session expiry, and graceful
-//! shutdown: cancelling the token stops accepting, closes every connection and `run` returns
-//! once they are done (or after a grace period).
+//! Listeners (TCP and TLS), the accept loop with its connection limit, session expiry,
+//! metrics/$SYS tasks, and graceful shutdown: cancelling the token stops accepting, closes
+//! every connection and `run` returns once they are done (or after a grace period).
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, ConfigError, DEFAULT_PORT};
-use crate::connection::{self, Context};
+use crate::config::{Config, ConfigError, IdentitySource, DEFAULT_PORT};
+use crate::connection::{self, CertUser, Context};
 use crate::metrics::Metrics;
 use crate::router::Router;
+use crate::tls::{self, TlsAcceptor, TlsError};
+use crate::{http, sys};
 
 /// How long `run` waits for connections to close after shutdown is requested.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -31,14 +34,32 @@ pub enum BrokerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("binding the metrics endpoint {addr} (metrics_bind_address/metrics_port): {source}")]
+    BindMetrics {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS listener {listener}: {source}")]
+    Tls { listener: String, source: TlsError },
+}
+
+/// One bound listener.
+struct Listener {
+    tcp: TcpListener,
+    /// Set for TLS listeners.
+    tls: Option<Arc<TlsAcceptor>>,
+    /// Set when the certificate identity is the user name.
+    identity: Option<IdentitySource>,
 }
 
 /// A broker with its listeners bound, ready to `run`.
 pub struct Broker {
     config: Arc<Config>,
     router: Arc<Router>,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<Listener>,
+    metrics_listener: Option<TcpListener>,
     shutdown: CancellationToken,
+    reload: Arc<Notify>,
 }
 
 impl Broker {
@@ -48,50 +69,80 @@ impl Broker {
     }
 
     /// As `bind`, with the port of the default listener (the `-p` flag).
-    pub async fn bind_with_default_port(
-        config: Config,
-        default_port: u16,
-    ) -> Result<Broker, BrokerError> {
+    pub async fn bind_with_default_port(config: Config, default_port: u16) -> Result<Broker, BrokerError> {
         config.validate()?;
+        let (metrics, metrics_listener) = if config.metrics_enabled {
+            let addr = config.metrics_addr()?;
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| BrokerError::BindMetrics { addr, source })?;
+            info!("Serving metrics on http://{}/metrics", listener.local_addr().unwrap_or(addr));
+            (Metrics::with_exporter(), Some(listener))
+        } else {
+            (Metrics::disabled(), None)
+        };
         let mut listeners = Vec::new();
         for l in config.effective_listeners(default_port) {
             let addr = l.socket_addr()?;
-            let listener = TcpListener::bind(addr)
+            let tcp = TcpListener::bind(addr)
                 .await
                 .map_err(|source| BrokerError::Bind { addr, source })?;
-            let local = listener.local_addr().unwrap_or(addr);
+            let local = tcp.local_addr().unwrap_or(addr);
+            let tls = match l.tls_files()? {
+                Some(files) => Some(
+                    TlsAcceptor::new(local.to_string(), files, &metrics).map_err(|source| BrokerError::Tls {
+                        listener: local.to_string(),
+                        source,
+                    })?,
+                ),
+                None => None,
+            };
             info!(
-                "Opening ipv{} listen socket on {local}.",
-                if local.is_ipv4() { 4 } else { 6 }
+                "Opening ipv{} listen socket on {local}{}.",
+                if local.is_ipv4() { 4 } else { 6 },
+                if tls.is_some() { " (TLS)" } else { "" }
             );
             if config.anonymous_allowed() && !local.ip().is_loopback() {
                 warn!("Listener {local} accepts anonymous clients from the network (allow_anonymous = true).");
             }
-            listeners.push(listener);
+            listeners.push(Listener {
+                tcp,
+                tls,
+                identity: l.use_identity_as_username.then_some(l.identity_source),
+            });
         }
         if !config.anonymous_allowed() {
-            warn!("allow_anonymous is false and roostd has no password_file support yet: every client will be refused with CONNACK 0x05.");
+            warn!("allow_anonymous is false: clients need a certificate identity (use_identity_as_username) or are refused with CONNACK 0x05.");
         }
-        let router = Arc::new(Router::new(config.session_limits(), Metrics::new()));
+        let router = Arc::new(Router::new(config.session_limits(), metrics));
         Ok(Broker {
             config: Arc::new(config),
             router,
             listeners,
+            metrics_listener,
             shutdown: CancellationToken::new(),
+            reload: Arc::new(Notify::new()),
         })
     }
 
     /// The bound addresses, in config order (useful with port 0).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners
-            .iter()
-            .filter_map(|l| l.local_addr().ok())
-            .collect()
+        self.listeners.iter().filter_map(|l| l.tcp.local_addr().ok()).collect()
+    }
+
+    /// Address of the metrics endpoint, when enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Cancel this token to shut the broker down.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
+    }
+
+    /// `notify_waiters()` on this re-reads certificate files (what SIGHUP does).
+    pub fn reload_handle(&self) -> Arc<Notify> {
+        self.reload.clone()
     }
 
     /// The shared routing state (for tests and benchmarks).
@@ -108,20 +159,29 @@ impl Broker {
             config: self.config.clone(),
             shutdown: self.shutdown.clone(),
         };
-        for listener in self.listeners {
-            tracker.spawn(accept_loop(
-                listener,
-                ctx.clone(),
-                limit.clone(),
-                tracker.clone(),
-            ));
-        }
-        if let Some(expiry) = self.config.expiration() {
-            tracker.spawn(expire_loop(
+        let tls_listeners: Vec<Arc<TlsAcceptor>> = self.listeners.iter().filter_map(|l| l.tls.clone()).collect();
+        if !tls_listeners.is_empty() {
+            tracker.spawn(tls::watch(
+                tls_listeners,
+                Duration::from_secs(self.config.tls_reload_interval),
+                self.reload.clone(),
                 self.router.clone(),
-                expiry,
                 self.shutdown.clone(),
             ));
+        }
+        for listener in self.listeners {
+            tracker.spawn(accept_loop(listener, ctx.clone(), limit.clone(), tracker.clone()));
+        }
+        if let Some(expiry) = self.config.expiration() {
+            tracker.spawn(expire_loop(self.router.clone(), expiry, self.shutdown.clone()));
+        }
+        if let Some(listener) = self.metrics_listener {
+            tracker.spawn(http::serve(listener, self.router.clone(), self.shutdown.clone()));
+            tracker.spawn(upkeep_loop(self.router.clone(), self.shutdown.clone()));
+        }
+        if self.config.sys_interval > 0 {
+            let interval = Duration::from_secs(self.config.sys_interval);
+            tracker.spawn(sys::run(self.router.clone(), interval, self.shutdown.clone()));
         }
         self.shutdown.cancelled().await;
         info!(
@@ -129,26 +189,18 @@ impl Broker {
             self.config.max_connections - limit.available_permits()
         );
         tracker.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
             warn!("Some connections did not close within {SHUTDOWN_GRACE:?}.");
         }
         Ok(())
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    ctx: Context,
-    limit: Arc<Semaphore>,
-    tracker: TaskTracker,
-) {
+async fn accept_loop(listener: Listener, ctx: Context, limit: Arc<Semaphore>, tracker: TaskTracker) {
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
-            r = listener.accept() => r,
+            r = listener.tcp.accept() => r,
             _ = ctx.shutdown.cancelled() => return,
         };
         let (socket, peer) = match accepted {
@@ -168,7 +220,7 @@ async fn accept_loop(
             }
         };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
-            ctx.router.metrics().connections_refused_limit.increment(1);
+            ctx.router.metrics().stats.connections_over_limit.fetch_add(1, Relaxed);
             warn!(
                 "Refusing connection from {peer}: max_connections ({}) reached.",
                 ctx.config.max_connections
@@ -179,10 +231,70 @@ async fn accept_loop(
         // Our writer batches; Nagle would only add latency.
         let _ = socket.set_nodelay(true);
         let ctx = ctx.clone();
+        let tls = listener.tls.clone();
+        let identity = listener.identity;
         tracker.spawn(async move {
-            connection::serve(socket, peer, ctx).await;
+            match tls {
+                None => connection::serve(socket, peer, ctx, CertUser::NotUsed).await,
+                Some(tls) => serve_tls(socket, peer, ctx, &tls, identity).await,
+            }
             drop(permit);
         });
+    }
+}
+
+/// Runs the TLS handshake (bounded by tls_handshake_timeout), then serves MQTT over it.
+async fn serve_tls(
+    socket: TcpStream,
+    peer: SocketAddr,
+    ctx: Context,
+    tls: &TlsAcceptor,
+    identity: Option<IdentitySource>,
+) {
+    let timeout = Duration::from_secs(ctx.config.tls_handshake_timeout);
+    let handshake = tokio::select! {
+        r = tokio::time::timeout(timeout, tls.acceptor().accept(socket)) => r,
+        _ = ctx.shutdown.cancelled() => return,
+    };
+    let stream = match handshake {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            ctx.router.metrics().stats.tls_handshake_failures.fetch_add(1, Relaxed);
+            warn!("TLS handshake with {peer} on {} failed: {e}", tls.label);
+            return;
+        }
+        Err(_) => {
+            ctx.router.metrics().stats.tls_handshake_failures.fetch_add(1, Relaxed);
+            warn!("TLS handshake with {peer} on {} not finished within {timeout:?}, closing.", tls.label);
+            return;
+        }
+    };
+    let user = match identity {
+        None => CertUser::NotUsed,
+        Some(source) => {
+            let id = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .and_then(|leaf| tls::certificate_identity(leaf, source));
+            match id {
+                Some(id) => CertUser::Identity(id),
+                None => CertUser::Missing,
+            }
+        }
+    };
+    connection::serve(stream, peer, ctx, user).await;
+}
+
+/// Folds histogram samples into buckets even when nobody scrapes, so memory stays bounded.
+async fn upkeep_loop(router: Arc<Router>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => router.metrics().upkeep(),
+            _ = shutdown.cancelled() => return,
+        }
     }
 }
 

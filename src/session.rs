@@ -26,25 +26,45 @@ pub struct SessionLimits {
     pub queue_qos0: bool,
 }
 
-/// Why a message was not delivered to a session. Each is a label of the drop counter.
+/// Why a message was not delivered. Each is a label value of `roostd_messages_dropped_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
     /// The session's queue is at max_queued_messages or max_queued_bytes.
     QueueFull,
     /// QoS 0 message for an offline session while queue_qos0_messages is false.
     Qos0Offline,
-    /// The session expired or was discarded with messages still queued.
+    /// The session expired or was discarded with messages still queued or in flight.
     SessionExpired,
+    /// A PUBLISH larger than message_size_limit (the connection is closed).
+    TooLarge,
+    /// The ACL did not allow the publish or the delivery.
+    NotAuthorized,
 }
 
 impl DropReason {
+    /// Every reason, in index order.
+    pub const ALL: [DropReason; 5] = [
+        DropReason::QueueFull,
+        DropReason::Qos0Offline,
+        DropReason::SessionExpired,
+        DropReason::TooLarge,
+        DropReason::NotAuthorized,
+    ];
+
     /// Label value for metrics and logs.
     pub fn as_str(self) -> &'static str {
         match self {
             DropReason::QueueFull => "queue_full",
             DropReason::Qos0Offline => "qos0_offline",
             DropReason::SessionExpired => "session_expired",
+            DropReason::TooLarge => "too_large",
+            DropReason::NotAuthorized => "not_authorized",
         }
+    }
+
+    /// Position in `ALL`.
+    pub fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -139,8 +159,8 @@ pub struct SessionState {
     pub incoming_qos2: HashSet<u16>,
     /// When the last connection went away (for persistent_client_expiration).
     pub disconnected_at: Option<Instant>,
-    /// Messages dropped for this client since the session began.
-    pub dropped: u64,
+    /// Messages dropped for this client since the session began, by `DropReason::index`.
+    pub dropped: [u64; DropReason::ALL.len()],
 }
 
 impl SessionState {
@@ -156,7 +176,7 @@ impl SessionState {
             next_pkid: 0,
             incoming_qos2: HashSet::new(),
             disconnected_at: None,
-            dropped: 0,
+            dropped: [0; DropReason::ALL.len()],
         }
     }
 
@@ -167,20 +187,29 @@ impl SessionState {
         }
         let online = self.attached.is_some();
         if !online && item.qos == QoS::AtMostOnce && !limits.queue_qos0 {
-            self.dropped += 1;
-            return Err(DropReason::Qos0Offline);
+            return Err(self.note_drop(DropReason::Qos0Offline));
         }
         let size = item.msg.size();
         if self.queue.len() >= limits.max_queued_messages
             || self.queued_bytes + size > limits.max_queued_bytes
         {
-            self.dropped += 1;
-            return Err(DropReason::QueueFull);
+            return Err(self.note_drop(DropReason::QueueFull));
         }
         let was_empty = self.queue.is_empty();
         self.queued_bytes += size;
         self.queue.push_back(item);
         Ok(online && was_empty)
+    }
+
+    /// Counts a drop against this client (for the slow-client report) and returns the reason.
+    pub fn note_drop(&mut self, reason: DropReason) -> DropReason {
+        self.dropped[reason.index()] += 1;
+        reason
+    }
+
+    /// Total messages dropped for this client.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.iter().sum()
     }
 
     fn alloc_pkid(&mut self) -> u16 {
@@ -328,6 +357,7 @@ mod tests {
                 payload: Bytes::from_static(b"p"),
                 qos,
                 retain: false,
+                received_at: std::time::Instant::now(),
             }),
             qos,
             retain: false,

@@ -99,6 +99,7 @@ impl Will {
             payload: self.payload.clone(),
             qos: self.qos,
             retain: self.retain,
+            received_at: std::time::Instant::now(),
         }
     }
 }
@@ -431,6 +432,7 @@ fn decode_publish(flags: u8, mut b: Bytes) -> Result<Packet, ProtocolError> {
             payload: b,
             qos,
             retain,
+            received_at: std::time::Instant::now(),
         },
     })
 }
@@ -580,6 +582,7 @@ mod tests {
             payload: Bytes::from_static(b"hi"),
             qos: QoS::AtLeastOnce,
             retain: false,
+            received_at: std::time::Instant::now(),
         };
         let mut out = BytesMut::new();
         encode_publish(&mut out, &msg, QoS::AtLeastOnce, 7, true, false);
