@@ -176,8 +176,13 @@ pub struct Config {
     pub sys_interval: u64,
     /// Seconds a TLS client has to finish its handshake. Default 10.
     pub tls_handshake_timeout: u64,
-    /// Seconds between checks of TLS files for changes; 0: only on SIGHUP. Default 5.
-    pub tls_reload_interval: u64,
+        /// Seconds between checks of TLS, password and ACL files for changes; 0: only on SIGHUP.
+    /// Default 5.
+    pub reload_interval: u64,
+    /// Mosquitto password file (`mosquitto_passwd` or `roostd passwd`). Default none.
+    pub password_file: Option<PathBuf>,
+    /// Mosquitto ACL file. Default none: every client may publish and subscribe to anything.
+    pub acl_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -200,7 +205,9 @@ impl Default for Config {
             metrics_port: 9234,
                         sys_interval: 10,
             tls_handshake_timeout: 10,
-            tls_reload_interval: 5,
+                        reload_interval: 5,
+            password_file: None,
+            acl_file: None,
         }
     }
 }

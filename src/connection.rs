@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::auth::live::AuthState;
 use crate::config::Config;
 use crate::message::{min_qos, Publication};
 use crate::protocol::codec::{self, Ack};
@@ -138,29 +139,39 @@ where
 
         let mut connect = connect;
     let mut out = BytesMut::new();
-    if let Err(refusal) = check_connect(&connect, &ctx.config, &cert_user) {
-                stats.connections_refused.fetch_add(1, Relaxed);
+    let verdict = match check_connect(&connect, &ctx.config) {
+        Err(refusal) => Err(refusal),
+        Ok(()) => {
+            let auth = ctx.router.auth().clone();
+            let limit = Duration::from_secs(ctx.config.connect_timeout);
+            tokio::select! {
+                r = tokio::time::timeout(limit, authenticate(&connect, &ctx.config, &auth, &cert_user)) => {
+                    r.unwrap_or(Err(Refusal { code: 0x03, reason: "server unavailable: authentication took too long" }))
+                }
+                _ = ctx.shutdown.cancelled() => return,
+            }
+        }
+    };
+    if let Err(refusal) = verdict {
+        stats.connections_refused.fetch_add(1, Relaxed);
         codec::encode_connack(&mut out, false, refusal.code);
         let _ = wr.write_all(&out).await;
         let _ = wr.shutdown().await;
-        info!(
-            "Client {} from {peer} refused: {}",
-            connect.client_id, refusal.reason
-        );
+        info!("Client {} from {peer} refused: {}", connect.client_id, refusal.reason);
         return;
     }
-
-        if let CertUser::Identity(id) = cert_user {
+    if let CertUser::Identity(id) = cert_user {
         // The certificate is the credential; a CONNECT user name/password is ignored.
         connect.username = Some(id);
-        connect.password = None;
     }
+    connect.password = None;
     let client_id = if connect.client_id.is_empty() {
         // [MQTT-3.1.3-6] empty id with clean session 1: assign a unique one.
         format!("auto-{conn_id:x}-{:x}", std::process::id())
     } else {
         connect.client_id.clone()
     };
+    let username: Option<Arc<str>> = connect.username.as_deref().map(Arc::from);
     let cancel = ctx.shutdown.child_token();
     let attached = ctx.router.connect(
         &client_id,
@@ -168,6 +179,7 @@ where
         Attachment {
             conn_id,
             cancel: cancel.clone(),
+            username: username.clone(),
         },
     );
     if attached.took_over {
@@ -193,6 +205,7 @@ where
         config: ctx.config.clone(),
         session: attached.session,
         client_id,
+        username,
         will: connect.will.clone(),
         out,
         pending: Vec::new(),
@@ -271,7 +284,7 @@ struct Refusal {
     reason: &'static str,
 }
 
-fn check_connect(c: &Connect, config: &Config, cert_user: &CertUser) -> Result<(), Refusal> {
+fn check_connect(c: &Connect, config: &Config) -> Result<(), Refusal> {
     if c.level != 4 {
         // [MQTT-3.1.2-2]
         return Err(Refusal {
@@ -291,7 +304,15 @@ fn check_connect(c: &Connect, config: &Config, cert_user: &CertUser) -> Result<(
             reason: "keepalive above max_keepalive",
         });
     }
-        match cert_user {
+    Ok(())
+}
+
+/// Who may connect: a certificate identity (use_identity_as_username), else a user name and
+/// password checked against password_file (on a blocking thread, at most
+/// MAX_CONCURRENT_PASSWORD_CHECKS at once), else anonymous if allow_anonymous. Failures get
+/// CONNACK 0x05 "not authorised", as Mosquitto answers MQTT 3.1.1 clients.
+async fn authenticate(c: &Connect, config: &Config, auth: &AuthState, cert_user: &CertUser) -> Result<(), Refusal> {
+    match cert_user {
         CertUser::Identity(_) => return Ok(()),
         CertUser::Missing => {
             return Err(Refusal {
@@ -301,14 +322,49 @@ fn check_connect(c: &Connect, config: &Config, cert_user: &CertUser) -> Result<(
         }
         CertUser::NotUsed => {}
     }
-    if !config.anonymous_allowed() {
-        // No password_file support yet: without anonymous access nobody can be authenticated.
+    let Some(username) = &c.username else {
+        return if config.anonymous_allowed() {
+            Ok(())
+        } else {
+            Err(Refusal {
+                code: 0x05,
+                reason: "not authorised: anonymous clients are not allowed (allow_anonymous = false)",
+            })
+        };
+    };
+    let Some(passwords) = auth.passwords() else {
+        // Without a password file user names are not checked (as Mosquitto).
+        return if config.anonymous_allowed() {
+            Ok(())
+        } else {
+            Err(Refusal {
+                code: 0x05,
+                reason: "not authorised: allow_anonymous is false and no password_file is configured",
+            })
+        };
+    };
+    let Ok(permit) = auth.checks.clone().acquire_owned().await else {
         return Err(Refusal {
-            code: 0x05,
-            reason: "not authorised (allow_anonymous is false)",
+            code: 0x03,
+            reason: "server unavailable: password checks are shut down",
         });
+    };
+    let user = username.clone();
+    let password = c.password.clone().unwrap_or_default();
+    let ok = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        passwords.verify(&user, &password)
+    })
+    .await
+    .unwrap_or(false);
+    if ok {
+        Ok(())
+    } else {
+        Err(Refusal {
+            code: 0x05,
+            reason: "not authorised: bad user name or password",
+        })
     }
-    Ok(())
 }
 
 async fn read_packet<R: AsyncRead + Unpin>(
@@ -348,6 +404,8 @@ struct Connection {
     config: Arc<Config>,
     session: Arc<Session>,
     client_id: String,
+    /// Authenticated user name (or certificate identity), for ACL checks.
+    username: Option<Arc<str>>,
     will: Option<Will>,
     /// Bytes waiting to be written.
     out: BytesMut,
@@ -574,19 +632,35 @@ impl Connection {
                 "PUBLISH with retain while retain_available is false",
             ));
         }
-                match publication.qos {
-            QoS::AtMostOnce => self
-                .router
-                .publish(Arc::new(publication), &mut self.matches),
+                let allowed = match self.router.auth().acl() {
+            None => true,
+            Some(acl) => {
+                let topic = std::str::from_utf8(&publication.topic).unwrap_or_default();
+                let ok = acl.check_publish(&self.client_id, self.username.as_deref(), topic);
+                if !ok {
+                    debug!("Denied PUBLISH from {} to {topic} (ACL)", self.client_id);
+                    self.router.metrics().stats.dropped(DropReason::NotAuthorized, 1);
+                }
+                ok
+            }
+        };
+        // A denied message is still acknowledged: 3.1.1 has no negative ack (as Mosquitto).
+        match publication.qos {
+            QoS::AtMostOnce => {
+                if allowed {
+                    self.router.publish(Arc::new(publication), &mut self.matches);
+                }
+            }
             QoS::AtLeastOnce => {
-                self.router
-                    .publish(Arc::new(publication), &mut self.matches);
+                if allowed {
+                    self.router.publish(Arc::new(publication), &mut self.matches);
+                }
                 codec::encode_ack(&mut self.out, Ack::PubAck, pkid);
             }
             QoS::ExactlyOnce => {
                 // A re-sent PUBLISH whose id awaits PUBREL was already routed: ack only.
                 let first_time = self.session.state.lock().incoming_qos2.insert(pkid);
-                if first_time {
+                if first_time && allowed {
                     self.router
                         .publish(Arc::new(publication), &mut self.matches);
                 }
@@ -599,8 +673,16 @@ impl Connection {
     fn on_subscribe(&mut self, pkid: u16, filters: Vec<(String, QoS)>) {
         let mut codes = Vec::with_capacity(filters.len());
         let mut accepted = Vec::with_capacity(filters.len());
+        let acl = self.router.auth().acl();
         for (filter, qos) in filters {
+            let permitted = acl
+                .as_ref()
+                .is_none_or(|a| a.check_subscribe(&self.client_id, self.username.as_deref(), &filter));
             match validate_topic_filter(&filter) {
+                Ok(()) if !permitted => {
+                    info!("Client {} subscription to {filter:?} refused: not authorised (ACL)", self.client_id);
+                    codes.push(0x80);
+                }
                 Ok(()) if self.router.subscribe(&self.session, &filter, qos) => {
                     codes.push(qos as u8);
                     accepted.push((filter, qos));
@@ -627,6 +709,12 @@ impl Connection {
             }
             let mut st = self.session.state.lock();
             for msg in self.retained.drain(..) {
+                if let Some(acl) = &acl {
+                    let topic = std::str::from_utf8(&msg.topic).unwrap_or_default();
+                    if !acl.check_read(&self.client_id, self.username.as_deref(), topic) {
+                        continue;
+                    }
+                }
                 let item = Queued {
                     qos: min_qos(msg.qos, granted),
                     msg,

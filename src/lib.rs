@@ -21,6 +21,7 @@
 //! ```
 
 pub mod config;
+pub mod auth;
 pub mod connection;
 pub mod http;
 pub mod message;

@@ -17,6 +17,8 @@ use roostd::{Broker, Config};
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// TOML config file (see roostd.example.toml).
     #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -28,8 +30,53 @@ struct Cli {
     verbose: u8,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Add or update a user in a Mosquitto password file (PBKDF2-SHA512, `$7$`, as
+    /// mosquitto_passwd writes). Prompts for the password unless -b is given.
+    Passwd {
+        /// Batch mode: the password is the last argument (visible in the process list).
+        #[arg(short = 'b')]
+        batch: bool,
+        /// The password file; created (mode 0600) if missing.
+        file: PathBuf,
+        /// The user name.
+        username: String,
+        /// The password, with -b.
+        password: Option<String>,
+    },
+}
+
+fn passwd(batch: bool, file: &std::path::Path, username: &str, password: Option<String>) -> anyhow::Result<()> {
+    let password = match (batch, password) {
+        (true, Some(p)) => p,
+        (true, None) => anyhow::bail!("-b needs the password as the last argument"),
+        (false, Some(_)) => anyhow::bail!("a password on the command line needs -b"),
+        (false, None) => {
+            let first = rpassword::prompt_password("Password: ").context("reading the password")?;
+            let again = rpassword::prompt_password("Reenter password: ").context("reading the password")?;
+            if first != again {
+                anyhow::bail!("the passwords do not match");
+            }
+            first
+        }
+    };
+    roostd::auth::set_user(file, username, password.as_bytes())
+        .with_context(|| format!("updating {}", file.display()))?;
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Passwd {
+        batch,
+        file,
+        username,
+        password,
+    }) = cli.command
+    {
+        return passwd(batch, &file, &username, password);
+    }
     let level = match cli.verbose {
         0 => "info",
         1 => "debug",

@@ -16,6 +16,7 @@ use parking_lot::RwLock;
 use tokio::time::Instant;
 
 use crate::message::{min_qos, Publication};
+use crate::auth::live::AuthState;
 use crate::metrics::{Gauges, Metrics};
 use crate::retained::RetainedStore;
 use crate::session::{Attachment, DropReason, Queued, Session, SessionLimits};
@@ -57,12 +58,15 @@ pub struct Router {
     retained: RwLock<RetainedStore>,
     limits: SessionLimits,
     metrics: Metrics,
+    /// Password file and ACL in force.
+    auth: Arc<AuthState>,
     next_session_id: AtomicU64,
 }
 
 impl Router {
-    pub fn new(limits: SessionLimits, metrics: Metrics) -> Router {
+    pub fn new(limits: SessionLimits, metrics: Metrics, auth: Arc<AuthState>) -> Router {
         Router {
+            auth,
             sessions: DashMap::new(),
             trie: RwLock::new(Trie::default()),
             retained: RwLock::new(RetainedStore::default()),
@@ -78,6 +82,11 @@ impl Router {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Password file and ACL in force.
+    pub fn auth(&self) -> &Arc<AuthState> {
+        &self.auth
     }
 
     /// Number of sessions (connected and persistent offline).
@@ -98,7 +107,11 @@ impl Router {
     fn new_session(&self, client_id: Arc<str>, clean: bool, attach: Attachment) -> Arc<Session> {
         let id = self.next_session_id.fetch_add(1, Ordering::Relaxed);
         let session = Session::new(id, client_id, clean);
-        session.state.lock().attached = Some(attach);
+        {
+            let mut st = session.state.lock();
+            st.username = attach.username.clone();
+            st.attached = Some(attach);
+        }
         Arc::new(session)
     }
 
@@ -128,6 +141,7 @@ impl Router {
                         took_over,
                     }
                 } else {
+                    st.username = attach.username.clone();
                     st.attached = Some(attach);
                     st.disconnected_at = None;
                     drop(st);
@@ -238,13 +252,25 @@ impl Router {
                 }
             });
         }
+        // Read access is checked per delivery, so a wildcard never leaks a topic the
+        // subscriber may not read (only when an ACL is configured).
+        let acl = self.auth.acl();
+        let topic = std::str::from_utf8(&msg.topic).unwrap_or_default();
         for (_, (session, granted)) in matches.drain(..) {
             let item = Queued {
                 msg: msg.clone(),
                 qos: min_qos(msg.qos, granted),
                 retain: false,
             };
-            let result = session.state.lock().enqueue(item, &self.limits);
+            let result = {
+                let mut st = session.state.lock();
+                match &acl {
+                    Some(acl) if !acl.check_read(&session.client_id, st.username.as_deref(), topic) => {
+                        Err(DropReason::NotAuthorized)
+                    }
+                    _ => st.enqueue(item, &self.limits),
+                }
+            };
             match result {
                 Ok(true) => session.wake.notify_one(),
                 Ok(false) => {}
@@ -296,7 +322,7 @@ impl Router {
                 })
             })
             .collect();
-        all.sort_unstable_by(|a, b| (b.dropped, b.queued).cmp(&(a.dropped, a.queued)));
+                all.sort_unstable_by_key(|c| std::cmp::Reverse((c.dropped, c.queued)));
         all.truncate(n);
         all
     }

@@ -14,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+use crate::auth::live::AuthState;
+use crate::auth::AuthError;
 use crate::config::{Config, ConfigError, IdentitySource, DEFAULT_PORT};
 use crate::connection::{self, CertUser, Context};
 use crate::metrics::Metrics;
@@ -39,8 +41,10 @@ pub enum BrokerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("TLS listener {listener}: {source}")]
+        #[error("TLS listener {listener}: {source}")]
     Tls { listener: String, source: TlsError },
+    #[error("{0}")]
+    Auth(#[from] AuthError),
 }
 
 /// One bound listener.
@@ -111,10 +115,17 @@ impl Broker {
                 identity: l.use_identity_as_username.then_some(l.identity_source),
             });
         }
-        if !config.anonymous_allowed() {
-            warn!("allow_anonymous is false: clients need a certificate identity (use_identity_as_username) or are refused with CONNACK 0x05.");
+                if !config.anonymous_allowed() && config.password_file.is_none() {
+            warn!("allow_anonymous is false and no password_file is configured: only certificate identities (use_identity_as_username) can connect.");
         }
-        let router = Arc::new(Router::new(config.session_limits(), metrics));
+                let auth = Arc::new(AuthState::load(config.password_file.as_ref(), config.acl_file.as_ref())?);
+        if let Some(p) = auth.passwords() {
+            info!("Loaded {} user(s) from password_file.", p.len());
+        }
+        if auth.acl().is_some() {
+            info!("Loaded acl_file: PUBLISH, SUBSCRIBE and every delivery are checked against it.");
+        }
+        let router = Arc::new(Router::new(config.session_limits(), metrics, auth));
         Ok(Broker {
             config: Arc::new(config),
             router,
@@ -160,10 +171,16 @@ impl Broker {
             shutdown: self.shutdown.clone(),
         };
         let tls_listeners: Vec<Arc<TlsAcceptor>> = self.listeners.iter().filter_map(|l| l.tls.clone()).collect();
+                tracker.spawn(crate::auth::live::watch(
+            self.router.auth().clone(),
+            Duration::from_secs(self.config.reload_interval),
+            self.reload.clone(),
+            self.shutdown.clone(),
+        ));
         if !tls_listeners.is_empty() {
             tracker.spawn(tls::watch(
                 tls_listeners,
-                Duration::from_secs(self.config.tls_reload_interval),
+                Duration::from_secs(self.config.reload_interval),
                 self.reload.clone(),
                 self.router.clone(),
                 self.shutdown.clone(),

@@ -98,8 +98,10 @@ impl Session {
 pub struct Attachment {
     /// Connection id; a connection only detaches the session if it is still its own.
     pub conn_id: u64,
-    /// Cancelled to close the connection on takeover [MQTT-3.1.4-2].
+        /// Cancelled to close the connection on takeover [MQTT-3.1.4-2].
     pub cancel: CancellationToken,
+    /// The connection's user name (after authentication), for ACL checks.
+    pub username: Option<Arc<str>>,
 }
 
 /// A message waiting for delivery.
@@ -138,8 +140,10 @@ pub enum Outgoing {
 /// Mutable session state.
 #[derive(Debug)]
 pub struct SessionState {
-    /// Clean session flag of the connection that created it: state ends with that connection.
+        /// Clean session flag of the connection that created it: state ends with that connection.
     pub clean: bool,
+    /// User name of the attached (or last) connection, for per-delivery ACL checks.
+    pub username: Option<Arc<str>>,
     /// The connection currently attached, if any.
     pub attached: Option<Attachment>,
     /// Set when the session was removed from the router; later subscribes are ignored.
@@ -165,8 +169,9 @@ pub struct SessionState {
 
 impl SessionState {
     fn new(clean: bool) -> SessionState {
-        SessionState {
+                SessionState {
             clean,
+            username: None,
             attached: None,
             discarded: false,
             subscriptions: HashMap::new(),
@@ -365,9 +370,10 @@ mod tests {
     }
 
     fn attach(s: &mut SessionState) {
-        s.attached = Some(Attachment {
+                s.attached = Some(Attachment {
             conn_id: 1,
             cancel: CancellationToken::new(),
+            username: None,
         });
     }
 
