@@ -42,7 +42,7 @@ fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
 pub struct ListenerConfig {
     /// TCP port; 0 picks a free port (tests).
     pub port: u16,
-        /// Address to bind. Default "0.0.0.0" (all IPv4 addresses), as Mosquitto's `listener PORT`.
+    /// Address to bind. Default "0.0.0.0" (all IPv4 addresses), as Mosquitto's `listener PORT`.
     #[serde(default = "default_bind_address")]
     pub bind_address: String,
     /// Server certificate chain, PEM. With keyfile, makes this a TLS listener. Default none.
@@ -120,8 +120,14 @@ impl ListenerConfig {
                 }
                 Ok(None)
             }
-            (Some(_), None) => Err(invalid("listener.keyfile", "certfile is set but keyfile is missing")),
-            (None, Some(_)) => Err(invalid("listener.certfile", "keyfile is set but certfile is missing")),
+            (Some(_), None) => Err(invalid(
+                "listener.keyfile",
+                "certfile is set but keyfile is missing",
+            )),
+            (None, Some(_)) => Err(invalid(
+                "listener.certfile",
+                "keyfile is set but certfile is missing",
+            )),
         }
     }
     /// The socket address to bind.
@@ -164,7 +170,7 @@ pub struct Config {
     pub retain_available: bool,
     /// Queue QoS 0 messages for offline persistent sessions. Default false (Mosquitto's).
     pub queue_qos0_messages: bool,
-        /// Seconds a new socket has to send CONNECT. Default 10.
+    /// Seconds a new socket has to send CONNECT. Default 10.
     pub connect_timeout: u64,
     /// Serve Prometheus metrics over HTTP. Default true.
     pub metrics_enabled: bool,
@@ -172,11 +178,11 @@ pub struct Config {
     pub metrics_bind_address: String,
     /// Port of the metrics endpoint. Default 9234 (the port Mosquitto exporters use).
     pub metrics_port: u16,
-        /// Seconds between `$SYS` updates; 0 turns them off. Default 10 (Mosquitto's).
+    /// Seconds between `$SYS` updates; 0 turns them off. Default 10 (Mosquitto's).
     pub sys_interval: u64,
     /// Seconds a TLS client has to finish its handshake. Default 10.
     pub tls_handshake_timeout: u64,
-        /// Seconds between checks of TLS, password and ACL files for changes; 0: only on SIGHUP.
+    /// Seconds between checks of TLS, password and ACL files for changes; 0: only on SIGHUP.
     /// Default 5.
     pub reload_interval: u64,
     /// Mosquitto password file (`mosquitto_passwd` or `roostd passwd`). Default none.
@@ -199,13 +205,13 @@ impl Default for Config {
             persistent_client_expiration: "1d".to_string(),
             retain_available: true,
             queue_qos0_messages: false,
-                        connect_timeout: 10,
+            connect_timeout: 10,
             metrics_enabled: true,
             metrics_bind_address: "127.0.0.1".to_string(),
             metrics_port: 9234,
-                        sys_interval: 10,
+            sys_interval: 10,
             tls_handshake_timeout: 10,
-                        reload_interval: 5,
+            reload_interval: 5,
             password_file: None,
             acl_file: None,
         }
@@ -261,12 +267,15 @@ impl Config {
 
     /// Checks every value; the error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-                for l in &self.listener {
+        for l in &self.listener {
             l.socket_addr()?;
             l.tls_files()?;
         }
         if self.tls_handshake_timeout == 0 {
-            return Err(invalid("tls_handshake_timeout", "must be at least 1 second"));
+            return Err(invalid(
+                "tls_handshake_timeout",
+                "must be at least 1 second",
+            ));
         }
         if self.max_connections == 0 {
             return Err(invalid("max_connections", "must be at least 1"));
@@ -292,7 +301,7 @@ impl Config {
         if self.connect_timeout == 0 {
             return Err(invalid("connect_timeout", "must be at least 1 second"));
         }
-                parse_expiration(&self.persistent_client_expiration)
+        parse_expiration(&self.persistent_client_expiration)
             .map_err(|r| invalid("persistent_client_expiration", r))?;
         self.metrics_addr()?;
         Ok(())
@@ -311,7 +320,7 @@ impl Config {
 
     /// The listeners to open: the configured ones, or 127.0.0.1 on `default_port`.
     pub fn effective_listeners(&self, default_port: u16) -> Vec<ListenerConfig> {
-                if self.listener.is_empty() {
+        if self.listener.is_empty() {
             vec![ListenerConfig::plain("127.0.0.1", default_port)]
         } else {
             self.listener.clone()
@@ -353,7 +362,7 @@ mod tests {
         assert!(c.anonymous_allowed());
         assert_eq!(c.expiration(), Some(Duration::from_secs(86_400)));
         assert_eq!(
-                        c.effective_listeners(1884),
+            c.effective_listeners(1884),
             vec![ListenerConfig::plain("127.0.0.1", 1884)]
         );
     }

@@ -25,10 +25,12 @@ use crate::protocol::{decode, Connect, Packet, ProtocolError, Will};
 use crate::router::{MatchBuffer, Router};
 use crate::session::{Attachment, DropReason, Outgoing, Queued, Session};
 
-/// Read buffer reserve per read; grows for large packets, shrinks back when idle.
-const READ_CHUNK: usize = 4 * 1024;
+/// Read buffer reserve per read while the client is quiet; idle connections stay this small.
+const READ_CHUNK: usize = 1024;
+/// Largest reserve per read: a busy client doubles its reserve up to this (fewer syscalls).
+const READ_CHUNK_MAX: usize = 64 * 1024;
 /// Stop pulling queued deliveries into the write buffer above this many bytes.
-const WRITE_HIGH_WATER: usize = 64 * 1024;
+const WRITE_HIGH_WATER: usize = 512 * 1024;
 /// Stop reading from a client whose acks we cannot write (it does not read) above this.
 const WRITE_LIMIT: usize = 1024 * 1024;
 /// Buffers larger than this are freed when they empty, so idle connections stay small.
@@ -89,7 +91,7 @@ pub async fn serve<S>(stream: S, peer: SocketAddr, ctx: Context, cert_user: Cert
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-        let conn_id = NEXT_CONN_ID.fetch_add(1, Relaxed);
+    let conn_id = NEXT_CONN_ID.fetch_add(1, Relaxed);
     let stats = &ctx.router.metrics().stats;
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
@@ -103,7 +105,7 @@ where
         _ = ctx.shutdown.cancelled() => return,
     };
     let connect = match first {
-                Err(_) => {
+        Err(_) => {
             stats.connect_timeouts.fetch_add(1, Relaxed);
             info!(
                 "Client from {peer} did not send CONNECT within {}s, closing.",
@@ -115,7 +117,7 @@ where
             debug!("Socket from {peer} closed before CONNECT.");
             return;
         }
-                        Ok(Err(e)) => {
+        Ok(Err(e)) => {
             if let CloseReason::Protocol(p) = &e {
                 note_protocol_error(&ctx, p);
             }
@@ -127,7 +129,7 @@ where
             return;
         }
         Ok(Ok(Packet::Connect(c))) => c,
-                Ok(Ok(other)) => {
+        Ok(Ok(other)) => {
             stats.protocol_errors.fetch_add(1, Relaxed);
             warn!(
                 "Client from {peer}: {}",
@@ -137,7 +139,7 @@ where
         }
     };
 
-        let mut connect = connect;
+    let mut connect = connect;
     let mut out = BytesMut::new();
     let verdict = match check_connect(&connect, &ctx.config) {
         Err(refusal) => Err(refusal),
@@ -157,7 +159,10 @@ where
         codec::encode_connack(&mut out, false, refusal.code);
         let _ = wr.write_all(&out).await;
         let _ = wr.shutdown().await;
-        info!("Client {} from {peer} refused: {}", connect.client_id, refusal.reason);
+        info!(
+            "Client {} from {peer} refused: {}",
+            connect.client_id, refusal.reason
+        );
         return;
     }
     if let CertUser::Identity(id) = cert_user {
@@ -185,7 +190,7 @@ where
     if attached.took_over {
         info!("Client {client_id} already connected, closing old connection.");
     }
-        stats.connections_total.fetch_add(1, Relaxed);
+    stats.connections_total.fetch_add(1, Relaxed);
     stats.clients_connected.fetch_add(1, Relaxed);
     info!(
         "New client connected from {peer} as {client_id} (p{}, c{}, k{}{}).",
@@ -211,6 +216,7 @@ where
         pending: Vec::new(),
         matches: Vec::new(),
         retained: Vec::new(),
+        read_hint: READ_CHUNK,
     };
     {
         // [MQTT-4.4.0-1] re-send unacknowledged messages, in order, before anything new.
@@ -230,11 +236,11 @@ where
         )
         .await;
 
-        stats.clients_connected.fetch_sub(1, Relaxed);
+    stats.clients_connected.fetch_sub(1, Relaxed);
     match &reason {
         CloseReason::Disconnect => info!("Client {} disconnected.", conn.client_id),
         CloseReason::Protocol(e) => {
-                        note_protocol_error(&ctx, e);
+            note_protocol_error(&ctx, e);
             warn!(
                 "Client {} from {peer} disconnected: protocol error: {e}",
                 conn.client_id
@@ -245,7 +251,7 @@ where
             conn.client_id
         ),
     }
-        if reason.publishes_will() {
+    if reason.publishes_will() {
         if let Some(will) = conn.will.take() {
             stats.wills_published.fetch_add(1, Relaxed);
             debug!(
@@ -311,7 +317,12 @@ fn check_connect(c: &Connect, config: &Config) -> Result<(), Refusal> {
 /// password checked against password_file (on a blocking thread, at most
 /// MAX_CONCURRENT_PASSWORD_CHECKS at once), else anonymous if allow_anonymous. Failures get
 /// CONNACK 0x05 "not authorised", as Mosquitto answers MQTT 3.1.1 clients.
-async fn authenticate(c: &Connect, config: &Config, auth: &AuthState, cert_user: &CertUser) -> Result<(), Refusal> {
+async fn authenticate(
+    c: &Connect,
+    config: &Config,
+    auth: &AuthState,
+    cert_user: &CertUser,
+) -> Result<(), Refusal> {
     match cert_user {
         CertUser::Identity(_) => return Ok(()),
         CertUser::Missing => {
@@ -328,7 +339,8 @@ async fn authenticate(c: &Connect, config: &Config, auth: &AuthState, cert_user:
         } else {
             Err(Refusal {
                 code: 0x05,
-                reason: "not authorised: anonymous clients are not allowed (allow_anonymous = false)",
+                reason:
+                    "not authorised: anonymous clients are not allowed (allow_anonymous = false)",
             })
         };
     };
@@ -339,7 +351,8 @@ async fn authenticate(c: &Connect, config: &Config, auth: &AuthState, cert_user:
         } else {
             Err(Refusal {
                 code: 0x05,
-                reason: "not authorised: allow_anonymous is false and no password_file is configured",
+                reason:
+                    "not authorised: allow_anonymous is false and no password_file is configured",
             })
         };
     };
@@ -415,6 +428,8 @@ struct Connection {
     matches: MatchBuffer,
     /// Reused retained lookup buffer.
     retained: Vec<Arc<Publication>>,
+    /// Bytes to reserve for the next read (adaptive, READ_CHUNK..=READ_CHUNK_MAX).
+    read_hint: usize,
 }
 
 impl Connection {
@@ -445,6 +460,7 @@ impl Connection {
             if self.out.len() < WRITE_HIGH_WATER {
                 self.take_deliveries();
             }
+            let spare = inbuf.capacity() - inbuf.len();
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => {
@@ -465,8 +481,21 @@ impl Connection {
                     Ok(0) => return CloseReason::PeerClosed,
                                         Ok(n) => {
                         self.router.metrics().stats.bytes_received.fetch_add(n as u64, Relaxed);
-                        if let Err(reason) = self.process_input(inbuf, limit, &mut last_packet) {
-                            return reason;
+                        // Adapt the read size: a read that filled the buffer asks for more.
+                        self.read_hint = if n >= spare {
+                            (self.read_hint * 2).min(READ_CHUNK_MAX)
+                        } else if n < self.read_hint / 4 {
+                            (self.read_hint / 2).max(READ_CHUNK)
+                        } else {
+                            self.read_hint
+                        };
+                        match self.process_input(inbuf, limit, &mut last_packet) {
+                            Err(reason) => return reason,
+                            // Let the subscribers just woken run before reading more: tokio
+                            // keeps a woken task in this worker's unstealable LIFO slot, so
+                            // a publisher that never yields would starve them.
+                            Ok(published) if published > 0 => tokio::task::yield_now().await,
+                            Ok(_) => {}
                         }
                     }
                     Err(e) => return CloseReason::Io(e),
@@ -485,13 +514,14 @@ impl Connection {
     }
 
     /// Handles every complete packet already buffered, then makes room for the next read.
+    /// Returns how many PUBLISH packets were routed.
     fn process_input(
         &mut self,
         inbuf: &mut BytesMut,
         limit: usize,
         last_packet: &mut Instant,
-    ) -> Result<(), CloseReason> {
-                let mut received = [0u64; 3];
+    ) -> Result<u64, CloseReason> {
+        let mut received = [0u64; 3];
         let result = loop {
             match decode(inbuf, limit) {
                 Ok(Some(p)) => {
@@ -514,11 +544,11 @@ impl Connection {
             }
         }
         result?;
-        if inbuf.is_empty() && inbuf.capacity() > SHRINK_ABOVE {
+        if inbuf.is_empty() && inbuf.capacity() > 2 * self.read_hint {
             *inbuf = BytesMut::new();
         }
-        inbuf.reserve(READ_CHUNK);
-        Ok(())
+        inbuf.reserve(self.read_hint);
+        Ok(received.iter().sum())
     }
 
     /// Moves ready deliveries from the session queue into the write buffer.
@@ -534,7 +564,7 @@ impl Connection {
         self.encode_pending();
     }
 
-        fn encode_pending(&mut self) {
+    fn encode_pending(&mut self) {
         if self.pending.is_empty() {
             return;
         }
@@ -557,7 +587,7 @@ impl Connection {
                         dup,
                         item.retain,
                     );
-                                        sent[item.qos as usize] += 1;
+                    sent[item.qos as usize] += 1;
                 }
                 Outgoing::PubRel(pkid) => codec::encode_ack(&mut self.out, Ack::PubRel, pkid),
             }
@@ -632,14 +662,17 @@ impl Connection {
                 "PUBLISH with retain while retain_available is false",
             ));
         }
-                let allowed = match self.router.auth().acl() {
+        let allowed = match self.router.auth().acl() {
             None => true,
             Some(acl) => {
                 let topic = std::str::from_utf8(&publication.topic).unwrap_or_default();
                 let ok = acl.check_publish(&self.client_id, self.username.as_deref(), topic);
                 if !ok {
                     debug!("Denied PUBLISH from {} to {topic} (ACL)", self.client_id);
-                    self.router.metrics().stats.dropped(DropReason::NotAuthorized, 1);
+                    self.router
+                        .metrics()
+                        .stats
+                        .dropped(DropReason::NotAuthorized, 1);
                 }
                 ok
             }
@@ -648,12 +681,14 @@ impl Connection {
         match publication.qos {
             QoS::AtMostOnce => {
                 if allowed {
-                    self.router.publish(Arc::new(publication), &mut self.matches);
+                    self.router
+                        .publish(Arc::new(publication), &mut self.matches);
                 }
             }
             QoS::AtLeastOnce => {
                 if allowed {
-                    self.router.publish(Arc::new(publication), &mut self.matches);
+                    self.router
+                        .publish(Arc::new(publication), &mut self.matches);
                 }
                 codec::encode_ack(&mut self.out, Ack::PubAck, pkid);
             }
@@ -675,12 +710,15 @@ impl Connection {
         let mut accepted = Vec::with_capacity(filters.len());
         let acl = self.router.auth().acl();
         for (filter, qos) in filters {
-            let permitted = acl
-                .as_ref()
-                .is_none_or(|a| a.check_subscribe(&self.client_id, self.username.as_deref(), &filter));
+            let permitted = acl.as_ref().is_none_or(|a| {
+                a.check_subscribe(&self.client_id, self.username.as_deref(), &filter)
+            });
             match validate_topic_filter(&filter) {
                 Ok(()) if !permitted => {
-                    info!("Client {} subscription to {filter:?} refused: not authorised (ACL)", self.client_id);
+                    info!(
+                        "Client {} subscription to {filter:?} refused: not authorised (ACL)",
+                        self.client_id
+                    );
                     codes.push(0x80);
                 }
                 Ok(()) if self.router.subscribe(&self.session, &filter, qos) => {
@@ -721,7 +759,7 @@ impl Connection {
                     retain: true,
                 };
                 if let Err(reason) = st.enqueue(item, self.router.limits()) {
-                                        self.router.metrics().stats.dropped(reason, 1);
+                    self.router.metrics().stats.dropped(reason, 1);
                 }
             }
         }

@@ -57,7 +57,13 @@ async fn answer(mut socket: TcpStream, router: &Router) -> std::io::Result<()> {
         }
         buf.extend_from_slice(&chunk[..n]);
         if buf.len() > MAX_REQUEST {
-            return respond(&mut socket, "431 Request Header Fields Too Large", "text/plain", "request too large\n").await;
+            return respond(
+                &mut socket,
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                "request too large\n",
+            )
+            .await;
         }
     }
     let line = buf.split(|&b| b == b'\r').next().unwrap_or_default();
@@ -65,7 +71,13 @@ async fn answer(mut socket: TcpStream, router: &Router) -> std::io::Result<()> {
     let mut parts = line.split(' ');
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     if method != "GET" {
-        return respond(&mut socket, "405 Method Not Allowed", "text/plain", "GET only\n").await;
+        return respond(
+            &mut socket,
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET only\n",
+        )
+        .await;
     }
     match path.split('?').next().unwrap_or("") {
         "/metrics" => {
@@ -93,7 +105,12 @@ async fn answer(mut socket: TcpStream, router: &Router) -> std::io::Result<()> {
     }
 }
 
-async fn respond(socket: &mut TcpStream, status: &str, content_type: &str, body: &str) -> std::io::Result<()> {
+async fn respond(
+    socket: &mut TcpStream,
+    status: &str,
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<()> {
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()

@@ -9,7 +9,9 @@
 //! Embedding (as the tests do):
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let config = roostd::Config::from_toml_str("[[listener]]\nport = 0\nbind_address = \"127.0.0.1\"\nallow_anonymous = true")?;
+//! let config = roostd::Config::from_toml_str(
+//!     "allow_anonymous = true\nmetrics_port = 0\n[[listener]]\nport = 0\nbind_address = \"127.0.0.1\"",
+//! )?;
 //! let broker = roostd::Broker::bind(config).await?;
 //! let addr = broker.local_addrs()[0];
 //! let stop = broker.shutdown_token();
@@ -20,8 +22,8 @@
 //! # Ok(()) }
 //! ```
 
-pub mod config;
 pub mod auth;
+pub mod config;
 pub mod connection;
 pub mod http;
 pub mod message;

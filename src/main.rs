@@ -47,14 +47,20 @@ enum Command {
     },
 }
 
-fn passwd(batch: bool, file: &std::path::Path, username: &str, password: Option<String>) -> anyhow::Result<()> {
+fn passwd(
+    batch: bool,
+    file: &std::path::Path,
+    username: &str,
+    password: Option<String>,
+) -> anyhow::Result<()> {
     let password = match (batch, password) {
         (true, Some(p)) => p,
         (true, None) => anyhow::bail!("-b needs the password as the last argument"),
         (false, Some(_)) => anyhow::bail!("a password on the command line needs -b"),
         (false, None) => {
             let first = rpassword::prompt_password("Password: ").context("reading the password")?;
-            let again = rpassword::prompt_password("Reenter password: ").context("reading the password")?;
+            let again =
+                rpassword::prompt_password("Reenter password: ").context("reading the password")?;
             if first != again {
                 anyhow::bail!("the passwords do not match");
             }
@@ -112,7 +118,7 @@ fn main() -> anyhow::Result<()> {
         .context("starting the tokio runtime")?;
     runtime.block_on(async move {
         let broker = Broker::bind_with_default_port(config, cli.port).await?;
-                let shutdown = broker.shutdown_token();
+        let shutdown = broker.shutdown_token();
         tokio::spawn(async move {
             wait_for_signal().await;
             info!("Signal received, shutting down.");
@@ -121,7 +127,9 @@ fn main() -> anyhow::Result<()> {
         #[cfg(unix)]
         {
             let reload = broker.reload_handle();
-            if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            if let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            {
                 tokio::spawn(async move {
                     while hup.recv().await.is_some() {
                         info!("SIGHUP received: reloading certificates.");

@@ -131,7 +131,7 @@ pub struct Metrics {
     pub stats: Stats,
     /// Publish-to-delivery latency, sampled once per write batch.
     pub delivery_latency: Histogram,
-        exporter: Option<(PrometheusRecorder, Handles)>,
+    exporter: Option<(PrometheusRecorder, Handles)>,
     started: std::time::Instant,
     /// Per TLS listener: the expiry gauge and the certificate's notAfter (unix seconds).
     cert_expiry: parking_lot::Mutex<Vec<(Gauge, Arc<AtomicI64>)>>,
@@ -139,7 +139,9 @@ pub struct Metrics {
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Metrics").field("stats", &self.stats).finish()
+        f.debug_struct("Metrics")
+            .field("stats", &self.stats)
+            .finish()
     }
 }
 
@@ -149,7 +151,7 @@ impl Metrics {
         Metrics {
             stats: Stats::default(),
             delivery_latency: Histogram::noop(),
-                        exporter: None,
+            exporter: None,
             started: std::time::Instant::now(),
             cert_expiry: Default::default(),
         }
@@ -209,7 +211,7 @@ impl Metrics {
         Metrics {
             stats: Stats::default(),
             delivery_latency: latency,
-                        exporter: Some((recorder, handles)),
+            exporter: Some((recorder, handles)),
             started: std::time::Instant::now(),
             cert_expiry: Default::default(),
         }
@@ -228,13 +230,14 @@ impl Metrics {
         }
     }
 
-        /// Exports `roostd_tls_certificate_expiry_seconds{listener}` computed at each scrape from
+    /// Exports `roostd_tls_certificate_expiry_seconds{listener}` computed at each scrape from
     /// `not_after` (unix seconds), which certificate reloads update.
     pub fn track_certificate_expiry(&self, listener: &str, not_after: Arc<AtomicI64>) {
         let gauge = match &self.exporter {
-            Some((recorder, _)) => metrics::with_local_recorder(recorder, || {
-                gauge!("roostd_tls_certificate_expiry_seconds", "listener" => listener.to_string())
-            }),
+            Some((recorder, _)) => metrics::with_local_recorder(
+                recorder,
+                || gauge!("roostd_tls_certificate_expiry_seconds", "listener" => listener.to_string()),
+            ),
             None => return,
         };
         self.cert_expiry.lock().push((gauge, not_after));
@@ -253,16 +256,24 @@ impl Metrics {
         for (i, c) in h.dropped.iter().enumerate() {
             c.absolute(s.dropped[i].load(Relaxed));
         }
-        h.connections_total.absolute(s.connections_total.load(Relaxed));
-        h.connections_refused.absolute(s.connections_refused.load(Relaxed));
-        h.connections_over_limit.absolute(s.connections_over_limit.load(Relaxed));
-        h.connect_timeouts.absolute(s.connect_timeouts.load(Relaxed));
+        h.connections_total
+            .absolute(s.connections_total.load(Relaxed));
+        h.connections_refused
+            .absolute(s.connections_refused.load(Relaxed));
+        h.connections_over_limit
+            .absolute(s.connections_over_limit.load(Relaxed));
+        h.connect_timeouts
+            .absolute(s.connect_timeouts.load(Relaxed));
         h.protocol_errors.absolute(s.protocol_errors.load(Relaxed));
-        h.keepalive_timeouts.absolute(s.keepalive_timeouts.load(Relaxed));
+        h.keepalive_timeouts
+            .absolute(s.keepalive_timeouts.load(Relaxed));
         h.wills.absolute(s.wills_published.load(Relaxed));
-        h.tls_handshake_failures.absolute(s.tls_handshake_failures.load(Relaxed));
-        h.tls_reload_failures.absolute(s.tls_reload_failures.load(Relaxed));
-        h.clients_connected.set(s.clients_connected.load(Relaxed) as f64);
+        h.tls_handshake_failures
+            .absolute(s.tls_handshake_failures.load(Relaxed));
+        h.tls_reload_failures
+            .absolute(s.tls_reload_failures.load(Relaxed));
+        h.clients_connected
+            .set(s.clients_connected.load(Relaxed) as f64);
         h.sessions_online.set(gauges.sessions_online as f64);
         h.sessions_offline.set(gauges.sessions_offline as f64);
         h.queued.set(gauges.queued_messages as f64);
@@ -274,7 +285,7 @@ impl Metrics {
         let p = process_figures();
         h.resident_memory.set(p.rss_bytes as f64);
         h.cpu_seconds.absolute(p.cpu_millis / 1000);
-                h.open_fds.set(p.open_fds as f64);
+        h.open_fds.set(p.open_fds as f64);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
@@ -289,34 +300,100 @@ impl Metrics {
 }
 
 fn describe() {
-    describe_counter!("roostd_messages_received_total", "PUBLISH packets received from clients, by QoS.");
-    describe_counter!("roostd_messages_sent_total", "PUBLISH packets sent to clients, by delivery QoS.");
-    describe_counter!("roostd_received_bytes_total", Unit::Bytes, "Bytes read from client sockets.");
-    describe_counter!("roostd_sent_bytes_total", Unit::Bytes, "Bytes written to client sockets.");
+    describe_counter!(
+        "roostd_messages_received_total",
+        "PUBLISH packets received from clients, by QoS."
+    );
+    describe_counter!(
+        "roostd_messages_sent_total",
+        "PUBLISH packets sent to clients, by delivery QoS."
+    );
+    describe_counter!(
+        "roostd_received_bytes_total",
+        Unit::Bytes,
+        "Bytes read from client sockets."
+    );
+    describe_counter!(
+        "roostd_sent_bytes_total",
+        Unit::Bytes,
+        "Bytes written to client sockets."
+    );
     describe_counter!(
         "roostd_messages_dropped_total",
         "Messages not delivered, by reason (queue_full, qos0_offline, session_expired, too_large, not_authorized)."
     );
-    describe_counter!("roostd_connections_total", "Client connections accepted (CONNACK 0).");
-    describe_counter!("roostd_connections_refused_total", "Connections refused, by reason.");
-    describe_counter!("roostd_protocol_errors_total", "Connections closed for a protocol violation.");
-    describe_counter!("roostd_keepalive_timeouts_total", "Connections closed by keepalive timeout.");
+    describe_counter!(
+        "roostd_connections_total",
+        "Client connections accepted (CONNACK 0)."
+    );
+    describe_counter!(
+        "roostd_connections_refused_total",
+        "Connections refused, by reason."
+    );
+    describe_counter!(
+        "roostd_protocol_errors_total",
+        "Connections closed for a protocol violation."
+    );
+    describe_counter!(
+        "roostd_keepalive_timeouts_total",
+        "Connections closed by keepalive timeout."
+    );
     describe_counter!("roostd_wills_published_total", "Last wills published.");
-    describe_counter!("roostd_tls_handshake_failures_total", "TLS handshakes that failed or timed out.");
-    describe_counter!("roostd_tls_reload_failures_total", "Certificate reloads refused because the new files were bad.");
+    describe_counter!(
+        "roostd_tls_handshake_failures_total",
+        "TLS handshakes that failed or timed out."
+    );
+    describe_counter!(
+        "roostd_tls_reload_failures_total",
+        "Certificate reloads refused because the new files were bad."
+    );
     describe_gauge!("roostd_clients_connected", "Clients currently connected.");
-    describe_gauge!("roostd_sessions", "Sessions by state (online, offline persistent).");
-    describe_gauge!("roostd_queued_messages", "Messages queued for delivery, all sessions.");
-    describe_gauge!("roostd_inflight_messages", "QoS 1/2 messages sent and not yet acknowledged, all sessions.");
-    describe_gauge!("roostd_subscriptions", "Subscriptions (filter, session pairs).");
+    describe_gauge!(
+        "roostd_sessions",
+        "Sessions by state (online, offline persistent)."
+    );
+    describe_gauge!(
+        "roostd_queued_messages",
+        "Messages queued for delivery, all sessions."
+    );
+    describe_gauge!(
+        "roostd_inflight_messages",
+        "QoS 1/2 messages sent and not yet acknowledged, all sessions."
+    );
+    describe_gauge!(
+        "roostd_subscriptions",
+        "Subscriptions (filter, session pairs)."
+    );
     describe_gauge!("roostd_retained_messages", "Retained messages.");
-    describe_gauge!("roostd_client_queue_max_messages", "Deepest queue of any single client.");
-    describe_gauge!("roostd_uptime_seconds", Unit::Seconds, "Seconds since the broker started.");
-    describe_gauge!("roostd_tls_certificate_expiry_seconds", Unit::Seconds, "Seconds until the listener's certificate expires.");
+    describe_gauge!(
+        "roostd_client_queue_max_messages",
+        "Deepest queue of any single client."
+    );
+    describe_gauge!(
+        "roostd_uptime_seconds",
+        Unit::Seconds,
+        "Seconds since the broker started."
+    );
+    describe_gauge!(
+        "roostd_tls_certificate_expiry_seconds",
+        Unit::Seconds,
+        "Seconds until the listener's certificate expires."
+    );
     describe_histogram!("roostd_delivery_latency_seconds", Unit::Seconds, "Time from a PUBLISH being decoded to its delivery being encoded for a subscriber (sampled once per write batch).");
-    describe_gauge!("process_resident_memory_bytes", Unit::Bytes, "Resident memory of the broker process.");
-    describe_counter!("process_cpu_seconds_total", Unit::Seconds, "CPU time used by the broker process.");
-    describe_gauge!("process_open_fds", "Open file descriptors of the broker process.");
+    describe_gauge!(
+        "process_resident_memory_bytes",
+        Unit::Bytes,
+        "Resident memory of the broker process."
+    );
+    describe_counter!(
+        "process_cpu_seconds_total",
+        Unit::Seconds,
+        "CPU time used by the broker process."
+    );
+    describe_gauge!(
+        "process_open_fds",
+        "Open file descriptors of the broker process."
+    );
 }
 
 /// Process figures read from /proc (zero where unavailable).

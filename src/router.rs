@@ -15,8 +15,8 @@ use mqttbytes::QoS;
 use parking_lot::RwLock;
 use tokio::time::Instant;
 
-use crate::message::{min_qos, Publication};
 use crate::auth::live::AuthState;
+use crate::message::{min_qos, Publication};
 use crate::metrics::{Gauges, Metrics};
 use crate::retained::RetainedStore;
 use crate::session::{Attachment, DropReason, Queued, Session, SessionLimits};
@@ -179,7 +179,7 @@ impl Router {
             }
         }
         if lost > 0 {
-                        self.metrics
+            self.metrics
                 .stats
                 .dropped(DropReason::SessionExpired, lost as u64);
         }
@@ -265,7 +265,9 @@ impl Router {
             let result = {
                 let mut st = session.state.lock();
                 match &acl {
-                    Some(acl) if !acl.check_read(&session.client_id, st.username.as_deref(), topic) => {
+                    Some(acl)
+                        if !acl.check_read(&session.client_id, st.username.as_deref(), topic) =>
+                    {
                         Err(DropReason::NotAuthorized)
                     }
                     _ => st.enqueue(item, &self.limits),
@@ -322,7 +324,7 @@ impl Router {
                 })
             })
             .collect();
-                all.sort_unstable_by_key(|c| std::cmp::Reverse((c.dropped, c.queued)));
+        all.sort_unstable_by_key(|c| std::cmp::Reverse((c.dropped, c.queued)));
         all.truncate(n);
         all
     }

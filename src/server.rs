@@ -41,7 +41,7 @@ pub enum BrokerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-        #[error("TLS listener {listener}: {source}")]
+    #[error("TLS listener {listener}: {source}")]
     Tls { listener: String, source: TlsError },
     #[error("{0}")]
     Auth(#[from] AuthError),
@@ -73,14 +73,20 @@ impl Broker {
     }
 
     /// As `bind`, with the port of the default listener (the `-p` flag).
-    pub async fn bind_with_default_port(config: Config, default_port: u16) -> Result<Broker, BrokerError> {
+    pub async fn bind_with_default_port(
+        config: Config,
+        default_port: u16,
+    ) -> Result<Broker, BrokerError> {
         config.validate()?;
         let (metrics, metrics_listener) = if config.metrics_enabled {
             let addr = config.metrics_addr()?;
             let listener = TcpListener::bind(addr)
                 .await
                 .map_err(|source| BrokerError::BindMetrics { addr, source })?;
-            info!("Serving metrics on http://{}/metrics", listener.local_addr().unwrap_or(addr));
+            info!(
+                "Serving metrics on http://{}/metrics",
+                listener.local_addr().unwrap_or(addr)
+            );
             (Metrics::with_exporter(), Some(listener))
         } else {
             (Metrics::disabled(), None)
@@ -94,9 +100,11 @@ impl Broker {
             let local = tcp.local_addr().unwrap_or(addr);
             let tls = match l.tls_files()? {
                 Some(files) => Some(
-                    TlsAcceptor::new(local.to_string(), files, &metrics).map_err(|source| BrokerError::Tls {
-                        listener: local.to_string(),
-                        source,
+                    TlsAcceptor::new(local.to_string(), files, &metrics).map_err(|source| {
+                        BrokerError::Tls {
+                            listener: local.to_string(),
+                            source,
+                        }
                     })?,
                 ),
                 None => None,
@@ -115,10 +123,13 @@ impl Broker {
                 identity: l.use_identity_as_username.then_some(l.identity_source),
             });
         }
-                if !config.anonymous_allowed() && config.password_file.is_none() {
+        if !config.anonymous_allowed() && config.password_file.is_none() {
             warn!("allow_anonymous is false and no password_file is configured: only certificate identities (use_identity_as_username) can connect.");
         }
-                let auth = Arc::new(AuthState::load(config.password_file.as_ref(), config.acl_file.as_ref())?);
+        let auth = Arc::new(AuthState::load(
+            config.password_file.as_ref(),
+            config.acl_file.as_ref(),
+        )?);
         if let Some(p) = auth.passwords() {
             info!("Loaded {} user(s) from password_file.", p.len());
         }
@@ -138,12 +149,17 @@ impl Broker {
 
     /// The bound addresses, in config order (useful with port 0).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().filter_map(|l| l.tcp.local_addr().ok()).collect()
+        self.listeners
+            .iter()
+            .filter_map(|l| l.tcp.local_addr().ok())
+            .collect()
     }
 
     /// Address of the metrics endpoint, when enabled.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// Cancel this token to shut the broker down.
@@ -170,8 +186,12 @@ impl Broker {
             config: self.config.clone(),
             shutdown: self.shutdown.clone(),
         };
-        let tls_listeners: Vec<Arc<TlsAcceptor>> = self.listeners.iter().filter_map(|l| l.tls.clone()).collect();
-                tracker.spawn(crate::auth::live::watch(
+        let tls_listeners: Vec<Arc<TlsAcceptor>> = self
+            .listeners
+            .iter()
+            .filter_map(|l| l.tls.clone())
+            .collect();
+        tracker.spawn(crate::auth::live::watch(
             self.router.auth().clone(),
             Duration::from_secs(self.config.reload_interval),
             self.reload.clone(),
@@ -187,18 +207,35 @@ impl Broker {
             ));
         }
         for listener in self.listeners {
-            tracker.spawn(accept_loop(listener, ctx.clone(), limit.clone(), tracker.clone()));
+            tracker.spawn(accept_loop(
+                listener,
+                ctx.clone(),
+                limit.clone(),
+                tracker.clone(),
+            ));
         }
         if let Some(expiry) = self.config.expiration() {
-            tracker.spawn(expire_loop(self.router.clone(), expiry, self.shutdown.clone()));
+            tracker.spawn(expire_loop(
+                self.router.clone(),
+                expiry,
+                self.shutdown.clone(),
+            ));
         }
         if let Some(listener) = self.metrics_listener {
-            tracker.spawn(http::serve(listener, self.router.clone(), self.shutdown.clone()));
+            tracker.spawn(http::serve(
+                listener,
+                self.router.clone(),
+                self.shutdown.clone(),
+            ));
             tracker.spawn(upkeep_loop(self.router.clone(), self.shutdown.clone()));
         }
         if self.config.sys_interval > 0 {
             let interval = Duration::from_secs(self.config.sys_interval);
-            tracker.spawn(sys::run(self.router.clone(), interval, self.shutdown.clone()));
+            tracker.spawn(sys::run(
+                self.router.clone(),
+                interval,
+                self.shutdown.clone(),
+            ));
         }
         self.shutdown.cancelled().await;
         info!(
@@ -206,14 +243,22 @@ impl Broker {
             self.config.max_connections - limit.available_permits()
         );
         tracker.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+        if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+            .await
+            .is_err()
+        {
             warn!("Some connections did not close within {SHUTDOWN_GRACE:?}.");
         }
         Ok(())
     }
 }
 
-async fn accept_loop(listener: Listener, ctx: Context, limit: Arc<Semaphore>, tracker: TaskTracker) {
+async fn accept_loop(
+    listener: Listener,
+    ctx: Context,
+    limit: Arc<Semaphore>,
+    tracker: TaskTracker,
+) {
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -237,7 +282,11 @@ async fn accept_loop(listener: Listener, ctx: Context, limit: Arc<Semaphore>, tr
             }
         };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
-            ctx.router.metrics().stats.connections_over_limit.fetch_add(1, Relaxed);
+            ctx.router
+                .metrics()
+                .stats
+                .connections_over_limit
+                .fetch_add(1, Relaxed);
             warn!(
                 "Refusing connection from {peer}: max_connections ({}) reached.",
                 ctx.config.max_connections
@@ -276,13 +325,24 @@ async fn serve_tls(
     let stream = match handshake {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
-            ctx.router.metrics().stats.tls_handshake_failures.fetch_add(1, Relaxed);
+            ctx.router
+                .metrics()
+                .stats
+                .tls_handshake_failures
+                .fetch_add(1, Relaxed);
             warn!("TLS handshake with {peer} on {} failed: {e}", tls.label);
             return;
         }
         Err(_) => {
-            ctx.router.metrics().stats.tls_handshake_failures.fetch_add(1, Relaxed);
-            warn!("TLS handshake with {peer} on {} not finished within {timeout:?}, closing.", tls.label);
+            ctx.router
+                .metrics()
+                .stats
+                .tls_handshake_failures
+                .fetch_add(1, Relaxed);
+            warn!(
+                "TLS handshake with {peer} on {} not finished within {timeout:?}, closing.",
+                tls.label
+            );
             return;
         }
     };

@@ -98,7 +98,7 @@ impl Session {
 pub struct Attachment {
     /// Connection id; a connection only detaches the session if it is still its own.
     pub conn_id: u64,
-        /// Cancelled to close the connection on takeover [MQTT-3.1.4-2].
+    /// Cancelled to close the connection on takeover [MQTT-3.1.4-2].
     pub cancel: CancellationToken,
     /// The connection's user name (after authentication), for ACL checks.
     pub username: Option<Arc<str>>,
@@ -140,7 +140,7 @@ pub enum Outgoing {
 /// Mutable session state.
 #[derive(Debug)]
 pub struct SessionState {
-        /// Clean session flag of the connection that created it: state ends with that connection.
+    /// Clean session flag of the connection that created it: state ends with that connection.
     pub clean: bool,
     /// User name of the attached (or last) connection, for per-delivery ACL checks.
     pub username: Option<Arc<str>>,
@@ -154,6 +154,11 @@ pub struct SessionState {
     pub queue: VecDeque<Queued>,
     /// Topic + payload bytes in `queue`.
     pub queued_bytes: usize,
+    /// Of `queue`, the QoS 0 entries and their bytes. QoS 0 and QoS 1/2 are bounded
+    /// separately, each by max_queued_messages/max_queued_bytes, so that a backlog of QoS 0
+    /// never costs a client its QoS 1/2 messages (Mosquitto's limit counts QoS 1/2 only).
+    pub queued_qos0: usize,
+    pub queued_bytes_qos0: usize,
     /// Sent QoS 1/2 messages awaiting acknowledgement, in send order.
     pub inflight: VecDeque<Inflight>,
     /// Last packet id handed out.
@@ -169,7 +174,7 @@ pub struct SessionState {
 
 impl SessionState {
     fn new(clean: bool) -> SessionState {
-                SessionState {
+        SessionState {
             clean,
             username: None,
             attached: None,
@@ -177,6 +182,8 @@ impl SessionState {
             subscriptions: HashMap::new(),
             queue: VecDeque::new(),
             queued_bytes: 0,
+            queued_qos0: 0,
+            queued_bytes_qos0: 0,
             inflight: VecDeque::new(),
             next_pkid: 0,
             incoming_qos2: HashSet::new(),
@@ -195,13 +202,24 @@ impl SessionState {
             return Err(self.note_drop(DropReason::Qos0Offline));
         }
         let size = item.msg.size();
-        if self.queue.len() >= limits.max_queued_messages
-            || self.queued_bytes + size > limits.max_queued_bytes
-        {
+        let qos0 = item.qos == QoS::AtMostOnce;
+        let (count, bytes) = if qos0 {
+            (self.queued_qos0, self.queued_bytes_qos0)
+        } else {
+            (
+                self.queue.len() - self.queued_qos0,
+                self.queued_bytes - self.queued_bytes_qos0,
+            )
+        };
+        if count >= limits.max_queued_messages || bytes + size > limits.max_queued_bytes {
             return Err(self.note_drop(DropReason::QueueFull));
         }
         let was_empty = self.queue.is_empty();
         self.queued_bytes += size;
+        if qos0 {
+            self.queued_qos0 += 1;
+            self.queued_bytes_qos0 += size;
+        }
         self.queue.push_back(item);
         Ok(online && was_empty)
     }
@@ -247,6 +265,10 @@ impl SessionState {
             };
             let size = item.msg.size();
             self.queued_bytes -= size;
+            if item.qos == QoS::AtMostOnce {
+                self.queued_qos0 -= 1;
+                self.queued_bytes_qos0 -= size;
+            }
             budget = budget.saturating_sub(size + 8);
             if item.qos == QoS::AtMostOnce {
                 out.push(Outgoing::Publish {
@@ -337,6 +359,8 @@ impl SessionState {
         self.queue = VecDeque::new();
         self.inflight = VecDeque::new();
         self.queued_bytes = 0;
+        self.queued_qos0 = 0;
+        self.queued_bytes_qos0 = 0;
         n
     }
 }
@@ -370,7 +394,7 @@ mod tests {
     }
 
     fn attach(s: &mut SessionState) {
-                s.attached = Some(Attachment {
+        s.attached = Some(Attachment {
             conn_id: 1,
             cancel: CancellationToken::new(),
             username: None,
@@ -439,6 +463,29 @@ mod tests {
         assert!(!s.puback(1));
         assert!(s.pubcomp(1));
         assert_eq!(s.inflight.len(), 1);
+    }
+
+    #[test]
+    fn a_qos0_backlog_does_not_cost_qos1_messages() {
+        let mut s = SessionState::new(false);
+        attach(&mut s);
+        for _ in 0..3 {
+            s.enqueue(item(QoS::AtMostOnce), &limits()).unwrap();
+        }
+        assert_eq!(
+            s.enqueue(item(QoS::AtMostOnce), &limits()),
+            Err(DropReason::QueueFull)
+        );
+        for _ in 0..3 {
+            s.enqueue(item(QoS::AtLeastOnce), &limits()).unwrap();
+        }
+        assert_eq!(
+            s.enqueue(item(QoS::AtLeastOnce), &limits()),
+            Err(DropReason::QueueFull)
+        );
+        let mut out = Vec::new();
+        s.take_ready(&limits(), usize::MAX, &mut out);
+        assert_eq!((s.queued_qos0, s.queue.len()), (0, 1));
     }
 
     #[test]

@@ -63,7 +63,12 @@ fn publish(router: &Router, matches: &mut MatchBuffer, topic: &str, value: Strin
     router.publish(Arc::new(msg), matches);
 }
 
-fn publish_all(router: &Router, matches: &mut MatchBuffer, loads: &mut [Load; 5], interval: Duration) {
+fn publish_all(
+    router: &Router,
+    matches: &mut MatchBuffer,
+    loads: &mut [Load; 5],
+    interval: Duration,
+) {
     let m = router.metrics();
     let s = &m.stats;
     let g = router.gauges();
@@ -77,19 +82,34 @@ fn publish_all(router: &Router, matches: &mut MatchBuffer, loads: &mut [Load; 5]
         ("uptime".into(), format!("{} seconds", m.uptime().as_secs())),
         ("clients/connected".into(), connected.to_string()),
         ("clients/active".into(), connected.to_string()),
-        ("clients/disconnected".into(), g.sessions_offline.to_string()),
+        (
+            "clients/disconnected".into(),
+            g.sessions_offline.to_string(),
+        ),
         ("clients/inactive".into(), g.sessions_offline.to_string()),
-        ("clients/total".into(), (g.sessions_online + g.sessions_offline).to_string()),
+        (
+            "clients/total".into(),
+            (g.sessions_online + g.sessions_offline).to_string(),
+        ),
         ("messages/received".into(), received.to_string()),
         ("messages/sent".into(), sent.to_string()),
         ("publish/messages/received".into(), received.to_string()),
         ("publish/messages/sent".into(), sent.to_string()),
-        ("publish/messages/dropped".into(), s.dropped_total().to_string()),
+        (
+            "publish/messages/dropped".into(),
+            s.dropped_total().to_string(),
+        ),
         ("bytes/received".into(), bytes_received.to_string()),
         ("bytes/sent".into(), bytes_sent.to_string()),
-        ("retained messages/count".into(), g.retained_messages.to_string()),
+        (
+            "retained messages/count".into(),
+            g.retained_messages.to_string(),
+        ),
         ("subscriptions/count".into(), g.subscriptions.to_string()),
-        ("store/messages/count".into(), (g.queued_messages + g.inflight_messages).to_string()),
+        (
+            "store/messages/count".into(),
+            (g.queued_messages + g.inflight_messages).to_string(),
+        ),
     ];
     let names = [
         ("messages/received", received),

@@ -102,11 +102,20 @@ fn load(files: &TlsFiles) -> Result<Loaded, TlsError> {
         .collect::<Result<_, _>>()
         .map_err(|e| invalid("certfile", &files.certfile, e.to_string()))?;
     let Some(leaf) = certs.first() else {
-        return Err(invalid("certfile", &files.certfile, "contains no certificate".into()));
+        return Err(invalid(
+            "certfile",
+            &files.certfile,
+            "contains no certificate".into(),
+        ));
     };
     let not_after = check_validity(leaf, &files.certfile)?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| invalid("keyfile", &files.keyfile, format!("no usable private key: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        invalid(
+            "keyfile",
+            &files.keyfile,
+            format!("no usable private key: {e}"),
+        )
+    })?;
 
     let provider = provider();
     let builder = ServerConfig::builder_with_provider(provider.clone())
@@ -136,7 +145,8 @@ fn load(files: &TlsFiles) -> Result<Loaded, TlsError> {
         _ => {
             if files.require_certificate {
                 return Err(TlsError::Config(
-                    "require_certificate = true needs a cafile to verify client certificates".into(),
+                    "require_certificate = true needs a cafile to verify client certificates"
+                        .into(),
                 ));
             }
             builder.with_no_client_auth()
@@ -158,14 +168,18 @@ fn load(files: &TlsFiles) -> Result<Loaded, TlsError> {
 
 /// Returns the certificate's notAfter (unix seconds) if it is valid now.
 fn check_validity(cert: &CertificateDer<'_>, path: &Path) -> Result<i64, TlsError> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| TlsError::Invalid {
-        what: "certfile",
-        path: path.to_path_buf(),
-        detail: format!("unparsable certificate: {e}"),
-    })?;
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| TlsError::Invalid {
+            what: "certfile",
+            path: path.to_path_buf(),
+            detail: format!("unparsable certificate: {e}"),
+        })?;
     let validity = parsed.validity();
     let now = unix_now();
-    let (from, until) = (validity.not_before.timestamp(), validity.not_after.timestamp());
+    let (from, until) = (
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    );
     if now > until {
         return Err(TlsError::Validity {
             path: path.to_path_buf(),
@@ -216,7 +230,11 @@ pub struct TlsAcceptor {
 
 impl TlsAcceptor {
     /// Loads the files; startup fails on any problem.
-    pub fn new(label: String, files: TlsFiles, metrics: &Metrics) -> Result<Arc<TlsAcceptor>, TlsError> {
+    pub fn new(
+        label: String,
+        files: TlsFiles,
+        metrics: &Metrics,
+    ) -> Result<Arc<TlsAcceptor>, TlsError> {
         let loaded = load(&files)?;
         let not_after = Arc::new(AtomicI64::new(loaded.not_after));
         metrics.track_certificate_expiry(&label, not_after.clone());
@@ -264,7 +282,11 @@ pub async fn watch(
     shutdown: CancellationToken,
 ) {
     let poll = !interval.is_zero();
-    let mut tick = tokio::time::interval(if poll { interval } else { Duration::from_secs(3600) });
+    let mut tick = tokio::time::interval(if poll {
+        interval
+    } else {
+        Duration::from_secs(3600)
+    });
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     // Remember a refused file set so it is reported once, not at every poll.
@@ -279,13 +301,20 @@ pub async fn watch(
             match l.reload() {
                 Ok(true) => {
                     *last = None;
-                    info!("Listener {}: new TLS certificate/key/CA loaded; new handshakes use it.", l.label);
+                    info!(
+                        "Listener {}: new TLS certificate/key/CA loaded; new handshakes use it.",
+                        l.label
+                    );
                 }
                 Ok(false) => {}
                 Err(e) => {
                     let msg = e.to_string();
                     if last.as_deref() != Some(msg.as_str()) {
-                        router.metrics().stats.tls_reload_failures.fetch_add(1, Relaxed);
+                        router
+                            .metrics()
+                            .stats
+                            .tls_reload_failures
+                            .fetch_add(1, Relaxed);
                         error!("Listener {}: TLS reload refused, keeping the previous certificate: {msg}", l.label);
                         *last = Some(msg);
                     }

@@ -55,7 +55,10 @@ fn load_watched<T>(
 
 impl AuthState {
     /// Loads the configured files; any error stops startup.
-    pub fn load(password_file: Option<&PathBuf>, acl_file: Option<&PathBuf>) -> Result<AuthState, AuthError> {
+    pub fn load(
+        password_file: Option<&PathBuf>,
+        acl_file: Option<&PathBuf>,
+    ) -> Result<AuthState, AuthError> {
         let passwords = password_file
             .map(|p| load_watched(p, PasswordFile::parse))
             .transpose()?;
@@ -105,23 +108,41 @@ fn reload_one<T>(
     }
     let fresh = load_watched(&path, parse)?;
     *slot.write() = Some(fresh);
-    info!("Reloaded {what} {}: new rules apply to new operations.", path.display());
+    info!(
+        "Reloaded {what} {}: new rules apply to new operations.",
+        path.display()
+    );
     Ok(())
 }
 
 impl std::fmt::Debug for AuthState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuthState")
-            .field("password_file", &self.passwords.read().as_ref().map(|w| w.path.clone()))
-            .field("acl_file", &self.acl.read().as_ref().map(|w| w.path.clone()))
+            .field(
+                "password_file",
+                &self.passwords.read().as_ref().map(|w| w.path.clone()),
+            )
+            .field(
+                "acl_file",
+                &self.acl.read().as_ref().map(|w| w.path.clone()),
+            )
             .finish()
     }
 }
 
 /// Polls the files every `interval` (if non-zero) and reloads on `sighup`.
-pub async fn watch(state: Arc<AuthState>, interval: Duration, sighup: Arc<Notify>, shutdown: CancellationToken) {
+pub async fn watch(
+    state: Arc<AuthState>,
+    interval: Duration,
+    sighup: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
     let poll = !interval.is_zero();
-    let mut tick = tokio::time::interval(if poll { interval } else { Duration::from_secs(3600) });
+    let mut tick = tokio::time::interval(if poll {
+        interval
+    } else {
+        Duration::from_secs(3600)
+    });
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     let mut last_errors: Vec<String> = Vec::new();
