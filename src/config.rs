@@ -170,6 +170,10 @@ pub struct Config {
     pub retain_available: bool,
     /// Queue QoS 0 messages for offline persistent sessions. Default false (Mosquitto's).
     pub queue_qos0_messages: bool,
+    /// Seconds a connected subscriber with a full QoS 1/2 queue may hold its publishers back
+    /// (they stop being read) before messages to it are dropped; 0 drops at once as Mosquitto.
+    /// Default 5.
+    pub backpressure_timeout: u64,
     /// Seconds a new socket has to send CONNECT. Default 10.
     pub connect_timeout: u64,
     /// Serve Prometheus metrics over HTTP. Default true.
@@ -205,6 +209,7 @@ impl Default for Config {
             persistent_client_expiration: "1d".to_string(),
             retain_available: true,
             queue_qos0_messages: false,
+            backpressure_timeout: 5,
             connect_timeout: 10,
             metrics_enabled: true,
             metrics_bind_address: "127.0.0.1".to_string(),
@@ -346,6 +351,7 @@ impl Config {
             max_queued_messages: self.max_queued_messages,
             max_queued_bytes: self.max_queued_bytes,
             queue_qos0: self.queue_qos0_messages,
+            backpressure: Duration::from_secs(self.backpressure_timeout),
         }
     }
 }

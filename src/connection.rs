@@ -217,6 +217,7 @@ where
         matches: Vec::new(),
         retained: Vec::new(),
         read_hint: READ_CHUNK,
+        congested: None,
     };
     {
         // [MQTT-4.4.0-1] re-send unacknowledged messages, in order, before anything new.
@@ -260,7 +261,7 @@ where
                 String::from_utf8_lossy(&will.topic)
             );
             conn.router
-                .publish(Arc::new(will.to_publication()), &mut conn.matches);
+                .publish(Arc::new(will.to_publication()), &mut conn.matches, None);
         }
     }
     ctx.router.disconnect(&conn.session, conn_id);
@@ -396,6 +397,14 @@ async fn read_packet<R: AsyncRead + Unpin>(
     }
 }
 
+/// Resolves when `session` signals that its queue drained, or after a short while (the
+/// caller re-checks either way, so a missed notification costs at most that delay).
+async fn wait_for_space(session: Option<&Session>) {
+    if let Some(s) = session {
+        let _ = tokio::time::timeout(Duration::from_millis(20), s.space.notified()).await;
+    }
+}
+
 fn packet_name(p: &Packet) -> &'static str {
     match p {
         Packet::Connect(_) => "CONNECT",
@@ -430,6 +439,9 @@ struct Connection {
     retained: Vec<Arc<Publication>>,
     /// Bytes to reserve for the next read (adaptive, READ_CHUNK..=READ_CHUNK_MAX).
     read_hint: usize,
+    /// A subscriber whose full QoS 1/2 queue this client's messages are waiting on: reading
+    /// from this client pauses until it drains (backpressure instead of dropping).
+    congested: Option<Arc<Session>>,
 }
 
 impl Connection {
@@ -461,6 +473,15 @@ impl Connection {
                 self.take_deliveries();
             }
             let spare = inbuf.capacity() - inbuf.len();
+            if let Some(s) = &self.congested {
+                if !s.state.lock().is_congested(self.router.limits()) {
+                    self.congested = None;
+                    // Go on with the packets that were left buffered when we paused.
+                    if let Err(reason) = self.process_input(inbuf, limit, &mut last_packet) {
+                        return reason;
+                    }
+                }
+            }
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => {
@@ -477,7 +498,8 @@ impl Connection {
                     }
                     Err(e) => return CloseReason::Io(e),
                 },
-                r = rd.read_buf(inbuf), if self.out.len() < WRITE_LIMIT => match r {
+                _ = wait_for_space(self.congested.as_deref()), if self.congested.is_some() => {}
+                r = rd.read_buf(inbuf), if self.out.len() < WRITE_LIMIT && self.congested.is_none() => match r {
                     Ok(0) => return CloseReason::PeerClosed,
                                         Ok(n) => {
                         self.router.metrics().stats.bytes_received.fetch_add(n as u64, Relaxed);
@@ -502,6 +524,10 @@ impl Connection {
                 },
                 _ = self.session.wake.notified() => {}
                 _ = &mut idle, if keep_alive > 0 => {
+                    if self.congested.is_some() {
+                        // We are the ones not reading (backpressure): not the client's silence.
+                        last_packet = Instant::now();
+                    }
                     let deadline = last_packet + keepalive;
                     if Instant::now() >= deadline {
                                                 self.router.metrics().stats.keepalive_timeouts.fetch_add(1, Relaxed);
@@ -523,6 +549,10 @@ impl Connection {
     ) -> Result<u64, CloseReason> {
         let mut received = [0u64; 3];
         let result = loop {
+            if self.congested.is_some() {
+                // Paused by a full subscriber queue: leave the rest buffered.
+                break Ok(());
+            }
             match decode(inbuf, limit) {
                 Ok(Some(p)) => {
                     if let Packet::Publish { publication, .. } = &p {
@@ -559,7 +589,10 @@ impl Connection {
                 return;
             }
             let budget = WRITE_HIGH_WATER - self.out.len();
-            st.take_ready(self.router.limits(), budget, &mut self.pending);
+            if st.take_ready(self.router.limits(), budget, &mut self.pending) {
+                drop(st);
+                self.session.space.notify_waiters();
+            }
         }
         self.encode_pending();
     }
@@ -656,6 +689,18 @@ impl Connection {
         Ok(())
     }
 
+    /// Routes a message; remembers a congested subscriber so that reading pauses.
+    fn route(&mut self, publication: Publication) {
+        let congested = self.router.publish(
+            Arc::new(publication),
+            &mut self.matches,
+            Some(self.session.id),
+        );
+        if self.congested.is_none() {
+            self.congested = congested;
+        }
+    }
+
     fn on_publish(&mut self, pkid: u16, publication: Publication) -> Result<(), CloseReason> {
         if publication.retain && !self.config.retain_available {
             return Err(CloseReason::Refused(
@@ -681,14 +726,12 @@ impl Connection {
         match publication.qos {
             QoS::AtMostOnce => {
                 if allowed {
-                    self.router
-                        .publish(Arc::new(publication), &mut self.matches);
+                    self.route(publication);
                 }
             }
             QoS::AtLeastOnce => {
                 if allowed {
-                    self.router
-                        .publish(Arc::new(publication), &mut self.matches);
+                    self.route(publication);
                 }
                 codec::encode_ack(&mut self.out, Ack::PubAck, pkid);
             }
@@ -696,8 +739,7 @@ impl Connection {
                 // A re-sent PUBLISH whose id awaits PUBREL was already routed: ack only.
                 let first_time = self.session.state.lock().incoming_qos2.insert(pkid);
                 if first_time && allowed {
-                    self.router
-                        .publish(Arc::new(publication), &mut self.matches);
+                    self.route(publication);
                 }
                 codec::encode_ack(&mut self.out, Ack::PubRec, pkid);
             }

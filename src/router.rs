@@ -234,7 +234,16 @@ impl Router {
 
     /// Routes one message: retained store, then one delivery per matching session at the
     /// highest QoS its matching subscriptions granted [MQTT-3.3.5-1], capped by the message's.
-    pub fn publish(&self, msg: Arc<Publication>, matches: &mut MatchBuffer) {
+    ///
+    /// Returns a connected subscriber (other than `publisher`, the publishing session's id)
+    /// whose QoS 1/2 queue is over its limit: the publisher should pause reading until it
+    /// drains (see `SessionState::enqueue`).
+    pub fn publish(
+        &self,
+        msg: Arc<Publication>,
+        matches: &mut MatchBuffer,
+        publisher: Option<u64>,
+    ) -> Option<Arc<Session>> {
         if msg.retain {
             self.retained.write().set(msg.clone());
         }
@@ -256,6 +265,7 @@ impl Router {
         // subscriber may not read (only when an ACL is configured).
         let acl = self.auth.acl();
         let topic = std::str::from_utf8(&msg.topic).unwrap_or_default();
+        let mut congested = None;
         for (_, (session, granted)) in matches.drain(..) {
             let item = Queued {
                 msg: msg.clone(),
@@ -274,11 +284,18 @@ impl Router {
                 }
             };
             match result {
-                Ok(true) => session.wake.notify_one(),
-                Ok(false) => {}
+                Ok(e) => {
+                    if e.wake {
+                        session.wake.notify_one();
+                    }
+                    if e.congested && congested.is_none() && publisher != Some(session.id) {
+                        congested = Some(session);
+                    }
+                }
                 Err(reason) => self.metrics.stats.dropped(reason, 1),
             }
         }
+        congested
     }
 
     /// Registry-wide figures for metrics and $SYS (walks every session: call per scrape or

@@ -24,6 +24,20 @@ pub struct SessionLimits {
     pub max_queued_bytes: usize,
     /// Whether QoS 0 messages are queued for offline persistent sessions (queue_qos0_messages).
     pub queue_qos0: bool,
+    /// How long a connected subscriber whose QoS 1/2 queue is full may hold its publishers
+    /// back before further messages to it are dropped (backpressure_timeout; zero: drop at
+    /// once, as Mosquitto does).
+    pub backpressure: std::time::Duration,
+}
+
+/// A delivery that was queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Enqueued {
+    /// The attached connection must be woken (its queue was empty).
+    pub wake: bool,
+    /// The QoS 1/2 queue is over max_queued_messages: the publisher should pause reading
+    /// until it drains (instead of this message being dropped after it was acknowledged).
+    pub congested: bool,
 }
 
 /// Why a message was not delivered. Each is a label value of `roostd_messages_dropped_total`.
@@ -80,6 +94,8 @@ pub struct Session {
     pub state: Mutex<SessionState>,
     /// Wakes the attached connection when its queue goes from empty to non-empty.
     pub wake: Notify,
+    /// Wakes publishers paused by this session's full queue once it drained.
+    pub space: Notify,
 }
 
 impl Session {
@@ -89,6 +105,7 @@ impl Session {
             client_id,
             state: Mutex::new(SessionState::new(clean)),
             wake: Notify::new(),
+            space: Notify::new(),
         }
     }
 }
@@ -168,6 +185,8 @@ pub struct SessionState {
     pub incoming_qos2: HashSet<u16>,
     /// When the last connection went away (for persistent_client_expiration).
     pub disconnected_at: Option<Instant>,
+    /// Since when this connected client's QoS 1/2 queue has been over its limit.
+    pub congested_since: Option<Instant>,
     /// Messages dropped for this client since the session began, by `DropReason::index`.
     pub dropped: [u64; DropReason::ALL.len()],
 }
@@ -189,11 +208,37 @@ impl SessionState {
             incoming_qos2: HashSet::new(),
             disconnected_at: None,
             dropped: [0; DropReason::ALL.len()],
+            congested_since: None,
         }
     }
 
-    /// Queues a delivery. Returns whether the attached connection needs waking.
-    pub fn enqueue(&mut self, item: Queued, limits: &SessionLimits) -> Result<bool, DropReason> {
+    /// QoS 1/2 messages waiting beyond the in-flight window.
+    pub fn queued_qos12(&self) -> usize {
+        self.queue.len() - self.queued_qos0
+    }
+
+    /// True while publishers should wait for this session: connected, QoS 1/2 queue over its
+    /// limit, and not stalled for longer than the backpressure timeout.
+    pub fn is_congested(&self, limits: &SessionLimits) -> bool {
+        self.attached.is_some()
+            && self.queued_qos12() >= limits.max_queued_messages
+            && self
+                .congested_since
+                .is_some_and(|t| t.elapsed() < limits.backpressure)
+    }
+
+    /// Queues a delivery.
+    ///
+    /// QoS 0 beyond the limits is dropped. QoS 1/2 for a connected client beyond
+    /// max_queued_messages is still queued (up to twice the limit) and reported as congested,
+    /// so the publisher pauses instead of the acknowledged message being lost; a client that
+    /// stays congested longer than the backpressure timeout is treated as stalled and further
+    /// messages to it are dropped and counted. Offline sessions drop beyond the limits.
+    pub fn enqueue(
+        &mut self,
+        item: Queued,
+        limits: &SessionLimits,
+    ) -> Result<Enqueued, DropReason> {
         if self.discarded {
             return Err(DropReason::SessionExpired);
         }
@@ -211,8 +256,22 @@ impl SessionState {
                 self.queued_bytes - self.queued_bytes_qos0,
             )
         };
+        let mut congested = false;
         if count >= limits.max_queued_messages || bytes + size > limits.max_queued_bytes {
-            return Err(self.note_drop(DropReason::QueueFull));
+            let may_wait = !qos0
+                && online
+                && !limits.backpressure.is_zero()
+                && count < 2 * limits.max_queued_messages
+                && bytes + size <= 2 * limits.max_queued_bytes
+                && match self.congested_since {
+                    None => true,
+                    Some(t) => t.elapsed() < limits.backpressure,
+                };
+            if !may_wait {
+                return Err(self.note_drop(DropReason::QueueFull));
+            }
+            self.congested_since.get_or_insert_with(Instant::now);
+            congested = true;
         }
         let was_empty = self.queue.is_empty();
         self.queued_bytes += size;
@@ -221,7 +280,10 @@ impl SessionState {
             self.queued_bytes_qos0 += size;
         }
         self.queue.push_back(item);
-        Ok(online && was_empty)
+        Ok(Enqueued {
+            wake: online && was_empty,
+            congested,
+        })
     }
 
     /// Counts a drop against this client (for the slow-client report) and returns the reason.
@@ -247,12 +309,13 @@ impl SessionState {
 
     /// Moves queued messages into `out` while the in-flight window allows and until about
     /// `budget` bytes were taken. QoS 1/2 messages get a packet id and enter the window.
+    /// Returns true when the queue left congestion (paused publishers may go on).
     pub fn take_ready(
         &mut self,
         limits: &SessionLimits,
         mut budget: usize,
         out: &mut Vec<Outgoing>,
-    ) {
+    ) -> bool {
         while budget > 0 {
             let Some(front) = self.queue.front() else {
                 break;
@@ -298,6 +361,11 @@ impl SessionState {
         if self.queue.is_empty() && self.queue.capacity() > 64 {
             self.queue.shrink_to_fit();
         }
+        if self.congested_since.is_some() && self.queued_qos12() < limits.max_queued_messages {
+            self.congested_since = None;
+            return true;
+        }
+        false
     }
 
     /// On reconnect: every in-flight message again, in order, PUBLISH with DUP for those not
@@ -376,6 +444,7 @@ mod tests {
             max_queued_messages: 3,
             max_queued_bytes: 1 << 20,
             queue_qos0: false,
+            backpressure: std::time::Duration::ZERO,
         }
     }
 
@@ -489,12 +558,65 @@ mod tests {
     }
 
     #[test]
+    fn a_full_queue_holds_publishers_back_then_drops_when_stalled() {
+        let lim = SessionLimits {
+            backpressure: std::time::Duration::from_secs(3600),
+            ..limits()
+        };
+        let mut s = SessionState::new(false);
+        attach(&mut s);
+        for _ in 0..3 {
+            assert!(!s.enqueue(item(QoS::AtLeastOnce), &lim).unwrap().congested);
+        }
+        // Over the limit: queued, publisher told to wait; up to twice the limit.
+        for _ in 0..3 {
+            assert!(s.enqueue(item(QoS::AtLeastOnce), &lim).unwrap().congested);
+        }
+        assert!(s.is_congested(&lim));
+        assert_eq!(
+            s.enqueue(item(QoS::AtLeastOnce), &lim),
+            Err(DropReason::QueueFull)
+        );
+        // QoS 0 never waits.
+        for _ in 0..3 {
+            s.enqueue(item(QoS::AtMostOnce), &lim).unwrap();
+        }
+        assert_eq!(
+            s.enqueue(item(QoS::AtMostOnce), &lim),
+            Err(DropReason::QueueFull)
+        );
+                // Draining below the limit ends the congestion (the window needs acks to move on).
+        let mut out = Vec::new();
+        assert!(!s.take_ready(&lim, usize::MAX, &mut out));
+        assert!(s.is_congested(&lim));
+        assert!(s.puback(1) && s.puback(2));
+        assert!(s.take_ready(&lim, usize::MAX, &mut out));
+        assert!(!s.is_congested(&lim));
+        // A client congested for longer than the timeout is stalled: drop instead of waiting.
+        let mut s = SessionState::new(false);
+        attach(&mut s);
+        let short = SessionLimits {
+            backpressure: std::time::Duration::from_millis(1),
+            ..limits()
+        };
+        for _ in 0..4 {
+            s.enqueue(item(QoS::AtLeastOnce), &short).unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(!s.is_congested(&short));
+        assert_eq!(
+            s.enqueue(item(QoS::AtLeastOnce), &short),
+            Err(DropReason::QueueFull)
+        );
+    }
+
+    #[test]
     fn qos0_is_not_queued_offline_by_default() {
         let mut s = SessionState::new(false);
         assert_eq!(
             s.enqueue(item(QoS::AtMostOnce), &limits()),
             Err(DropReason::Qos0Offline)
         );
-        assert_eq!(s.enqueue(item(QoS::AtLeastOnce), &limits()), Ok(false));
+        assert!(s.enqueue(item(QoS::AtLeastOnce), &limits()).is_ok());
     }
 }

@@ -46,7 +46,8 @@ fn bad_persistent_client_expiration_is_an_error() {
 
 #[test]
 fn unknown_top_level_key_is_an_error_naming_the_key() {
-    let err = roostd::Config::from_toml_str(&config_toml("bogus_option_xyz = 1")).expect_err("unknown key must be rejected");
+    let err = roostd::Config::from_toml_str(&config_toml("bogus_option_xyz = 1"))
+        .expect_err("unknown key must be rejected");
     assert!(
         err.to_string().contains("bogus_option_xyz"),
         "error should name the key: {err}"
@@ -56,7 +57,8 @@ fn unknown_top_level_key_is_an_error_naming_the_key() {
 #[test]
 fn unknown_listener_key_is_an_error_naming_the_key() {
     let text = "allow_anonymous = true\n[[listener]]\nport = 0\nbind_address = \"127.0.0.1\"\nlistener_typo = 3\n";
-    let err = roostd::Config::from_toml_str(text).expect_err("unknown listener key must be rejected");
+    let err =
+        roostd::Config::from_toml_str(text).expect_err("unknown listener key must be rejected");
     assert!(
         err.to_string().contains("listener_typo"),
         "error should name the key: {err}"

@@ -16,5 +16,6 @@ mod subscribe;
 mod will;
 
 mod auth;
+mod backpressure;
 mod observability;
 mod tls;
