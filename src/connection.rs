@@ -472,7 +472,8 @@ impl Connection {
             if self.out.len() < WRITE_HIGH_WATER {
                 self.take_deliveries();
             }
-            let spare = inbuf.capacity() - inbuf.len();
+            // An empty buffer gets 64 bytes from read_buf (BytesMut grows by that much).
+            let spare = (inbuf.capacity() - inbuf.len()).max(64);
             if let Some(s) = &self.congested {
                 if !s.state.lock().is_congested(self.router.limits()) {
                     self.congested = None;
@@ -574,10 +575,16 @@ impl Connection {
             }
         }
         result?;
-        if inbuf.is_empty() && inbuf.capacity() > 2 * self.read_hint {
+        if inbuf.is_empty()
+            && (inbuf.capacity() > 2 * self.read_hint || self.read_hint == READ_CHUNK)
+        {
+            // A quiet client keeps no read buffer at all between packets: idle connections
+            // are the common case and their memory is the broker's footprint. The next read
+            // allocates a small one (and a busy client keeps its buffer: its hint is larger).
             *inbuf = BytesMut::new();
+        } else {
+            inbuf.reserve(self.read_hint);
         }
-        inbuf.reserve(self.read_hint);
         Ok(received.iter().sum())
     }
 

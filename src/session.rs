@@ -585,7 +585,7 @@ mod tests {
             s.enqueue(item(QoS::AtMostOnce), &lim),
             Err(DropReason::QueueFull)
         );
-                // Draining below the limit ends the congestion (the window needs acks to move on).
+        // Draining below the limit ends the congestion (the window needs acks to move on).
         let mut out = Vec::new();
         assert!(!s.take_ready(&lim, usize::MAX, &mut out));
         assert!(s.is_congested(&lim));
