@@ -10,6 +10,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::session::SessionLimits;
+use crate::storage::FsyncPolicy;
 use crate::tls::TlsFiles;
 
 /// Default MQTT port.
@@ -193,6 +194,28 @@ pub struct Config {
     pub password_file: Option<PathBuf>,
     /// Mosquitto ACL file. Default none: every client may publish and subscribe to anything.
     pub acl_file: Option<PathBuf>,
+    /// Keep retained messages, persistent sessions and their queued messages on disk.
+    /// Default true.
+    pub persistence: bool,
+    /// Directory of the database (created if missing). Default "roostd-data", relative to
+    /// the working directory.
+    pub persistence_location: PathBuf,
+    /// When commits reach the disk: "always" (acknowledgements wait for the fsync, shared by
+    /// all clients: group commit), "interval" (an fsync every fsync_interval ms) or "never"
+    /// (the OS decides; a clean shutdown fsyncs). Default "interval".
+    pub fsync: FsyncMode,
+    /// Milliseconds between fsyncs with fsync = "interval". Default 1000.
+    pub fsync_interval: u64,
+}
+
+/// The `fsync` option.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncMode {
+    Always,
+    #[default]
+    Interval,
+    Never,
 }
 
 impl Default for Config {
@@ -219,6 +242,10 @@ impl Default for Config {
             reload_interval: 5,
             password_file: None,
             acl_file: None,
+            persistence: true,
+            persistence_location: PathBuf::from("roostd-data"),
+            fsync: FsyncMode::Interval,
+            fsync_interval: 1000,
         }
     }
 }
@@ -275,6 +302,9 @@ impl Config {
         for l in &self.listener {
             l.socket_addr()?;
             l.tls_files()?;
+        }
+        if self.fsync_interval == 0 {
+            return Err(invalid("fsync_interval", "must be at least 1 millisecond"));
         }
         if self.tls_handshake_timeout == 0 {
             return Err(invalid(
@@ -342,6 +372,17 @@ impl Config {
         parse_expiration(&self.persistent_client_expiration)
             .ok()
             .flatten()
+    }
+
+    /// The storage fsync policy.
+    pub fn fsync_policy(&self) -> FsyncPolicy {
+        match self.fsync {
+            FsyncMode::Always => FsyncPolicy::Always,
+            FsyncMode::Interval => {
+                FsyncPolicy::Interval(Duration::from_millis(self.fsync_interval))
+            }
+            FsyncMode::Never => FsyncPolicy::Never,
+        }
     }
 
     /// The per-session limits.

@@ -24,6 +24,8 @@ use crate::protocol::topic::validate_topic_filter;
 use crate::protocol::{decode, Connect, Packet, ProtocolError, Will};
 use crate::router::{MatchBuffer, Router};
 use crate::session::{Attachment, DropReason, Outgoing, Queued, Session};
+use crate::storage::Store;
+use std::collections::VecDeque;
 
 /// Read buffer reserve per read while the client is quiet; idle connections stay this small.
 const READ_CHUNK: usize = 1024;
@@ -218,7 +220,11 @@ where
         retained: Vec::new(),
         read_hint: READ_CHUNK,
         congested: None,
+        ack_store: ctx.router.store().filter(|s| s.acks_wait()).cloned(),
+        deferred: VecDeque::new(),
     };
+    // A persistent session back after a restart: its messages come from disk first.
+    ctx.router.load_stored(&conn.session).await;
     {
         // [MQTT-4.4.0-1] re-send unacknowledged messages, in order, before anything new.
         let st = conn.session.state.lock();
@@ -397,6 +403,13 @@ async fn read_packet<R: AsyncRead + Unpin>(
     }
 }
 
+/// Resolves after the store's next commit, or after a short while (the caller re-checks).
+async fn wait_for_commit(store: Option<&Store>) {
+    if let Some(s) = store {
+        let _ = tokio::time::timeout(Duration::from_millis(20), s.commit_notify.notified()).await;
+    }
+}
+
 /// Resolves when `session` signals that its queue drained, or after a short while (the
 /// caller re-checks either way, so a missed notification costs at most that delay).
 async fn wait_for_space(session: Option<&Session>) {
@@ -442,6 +455,11 @@ struct Connection {
     /// A subscriber whose full QoS 1/2 queue this client's messages are waiting on: reading
     /// from this client pauses until it drains (backpressure instead of dropping).
     congested: Option<Arc<Session>>,
+    /// With fsync = always: the store whose commits acknowledgements wait for.
+    ack_store: Option<Arc<Store>>,
+    /// Acknowledgements held until the store has committed everything issued before them
+    /// (the ticket), in the order they were produced [MQTT-4.6.0-2].
+    deferred: VecDeque<(u64, BytesMut)>,
 }
 
 impl Connection {
@@ -473,6 +491,7 @@ impl Connection {
                 self.take_deliveries();
             }
             // An empty buffer gets 64 bytes from read_buf (BytesMut grows by that much).
+            self.release_acks();
             let spare = (inbuf.capacity() - inbuf.len()).max(64);
             if let Some(s) = &self.congested {
                 if !s.state.lock().is_congested(self.router.limits()) {
@@ -499,7 +518,8 @@ impl Connection {
                     }
                     Err(e) => return CloseReason::Io(e),
                 },
-                _ = wait_for_space(self.congested.as_deref()), if self.congested.is_some() => {}
+                                _ = wait_for_space(self.congested.as_deref()), if self.congested.is_some() => {}
+                _ = wait_for_commit(self.ack_store.as_deref()), if !self.deferred.is_empty() => {}
                 r = rd.read_buf(inbuf), if self.out.len() < WRITE_LIMIT && self.congested.is_none() => match r {
                     Ok(0) => return CloseReason::PeerClosed,
                                         Ok(n) => {
@@ -541,8 +561,40 @@ impl Connection {
     }
 
     /// Handles every complete packet already buffered, then makes room for the next read.
+    /// Moves held acknowledgements whose data is on disk into the write buffer.
+    fn release_acks(&mut self) {
+        let Some(store) = &self.ack_store else {
+            return;
+        };
+        let committed = store.committed();
+        while self.deferred.front().is_some_and(|(t, _)| *t <= committed) {
+            if let Some((_, bytes)) = self.deferred.pop_front() {
+                self.out.extend_from_slice(&bytes);
+            }
+        }
+    }
+
     /// Returns how many PUBLISH packets were routed.
     fn process_input(
+        &mut self,
+        inbuf: &mut BytesMut,
+        limit: usize,
+        last_packet: &mut Instant,
+    ) -> Result<u64, CloseReason> {
+        let acks_from = self.out.len();
+        let result = self.process_frames(inbuf, limit, last_packet);
+        if let Some(store) = &self.ack_store {
+            // fsync = always: what was just acknowledged waits for the commit of everything
+            // issued so far (group commit: many clients share one fsync).
+            if self.out.len() > acks_from {
+                let held = self.out.split_off(acks_from);
+                self.deferred.push_back((store.issued(), held));
+            }
+        }
+        result
+    }
+
+    fn process_frames(
         &mut self,
         inbuf: &mut BytesMut,
         limit: usize,
@@ -666,7 +718,7 @@ impl Connection {
                 }
             }
             Packet::PubRel(pkid) => {
-                self.session.state.lock().incoming_qos2.remove(&pkid);
+                self.session.state.lock().remove_incoming(pkid);
                 // [MQTT-4.3.3-2] PUBCOMP even for an id already released.
                 codec::encode_ack(&mut self.out, Ack::PubComp, pkid);
             }
@@ -697,15 +749,25 @@ impl Connection {
     }
 
     /// Routes a message; remembers a congested subscriber so that reading pauses.
-    fn route(&mut self, publication: Publication) {
-        let congested = self.router.publish(
+    /// Routes a message; remembers a congested subscriber so that reading pauses. Fails when
+    /// a persistent subscriber's copy could not be stored: the message is then not
+    /// acknowledged (the connection closes and the client re-sends it later).
+    fn route(&mut self, publication: Publication) -> Result<(), CloseReason> {
+        let qos = publication.qos;
+        let outcome = self.router.publish(
             Arc::new(publication),
             &mut self.matches,
             Some(self.session.id),
         );
         if self.congested.is_none() {
-            self.congested = congested;
+            self.congested = outcome.congested;
         }
+        if outcome.unstored && qos != QoS::AtMostOnce {
+            return Err(CloseReason::Refused(
+                "storage is failing: message not acknowledged, closing so the client re-sends it",
+            ));
+        }
+        Ok(())
     }
 
     fn on_publish(&mut self, pkid: u16, publication: Publication) -> Result<(), CloseReason> {
@@ -733,20 +795,23 @@ impl Connection {
         match publication.qos {
             QoS::AtMostOnce => {
                 if allowed {
-                    self.route(publication);
+                    self.route(publication)?;
                 }
             }
             QoS::AtLeastOnce => {
                 if allowed {
-                    self.route(publication);
+                    self.route(publication)?;
                 }
                 codec::encode_ack(&mut self.out, Ack::PubAck, pkid);
             }
             QoS::ExactlyOnce => {
                 // A re-sent PUBLISH whose id awaits PUBREL was already routed: ack only.
-                let first_time = self.session.state.lock().incoming_qos2.insert(pkid);
-                if first_time && allowed {
-                    self.route(publication);
+                let seen = self.session.state.lock().incoming_qos2.contains(&pkid);
+                if !seen {
+                    if allowed {
+                        self.route(publication)?;
+                    }
+                    self.session.state.lock().add_incoming(pkid);
                 }
                 codec::encode_ack(&mut self.out, Ack::PubRec, pkid);
             }
@@ -806,6 +871,7 @@ impl Connection {
                     qos: min_qos(msg.qos, granted),
                     msg,
                     retain: true,
+                    seq: 0,
                 };
                 if let Err(reason) = st.enqueue(item, self.router.limits()) {
                     self.router.metrics().stats.dropped(reason, 1);

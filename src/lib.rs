@@ -33,6 +33,7 @@ pub mod retained;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod storage;
 pub mod sys;
 pub mod tls;
 pub mod trie;

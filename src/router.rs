@@ -20,7 +20,18 @@ use crate::message::{min_qos, Publication};
 use crate::metrics::{Gauges, Metrics};
 use crate::retained::RetainedStore;
 use crate::session::{Attachment, DropReason, Queued, Session, SessionLimits};
+use crate::storage::Store;
 use crate::trie::{Entry, Trie};
+
+/// What routing one message found.
+#[derive(Debug, Default)]
+pub struct PublishOutcome {
+    /// A connected subscriber (not the publisher) whose QoS 1/2 queue is over its limit.
+    pub congested: Option<Arc<Session>>,
+    /// A persistent subscriber's copy could not be stored (storage failing): the message
+    /// must not be acknowledged.
+    pub unstored: bool,
+}
 
 /// One line of the slow-client report.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -60,13 +71,21 @@ pub struct Router {
     metrics: Metrics,
     /// Password file and ACL in force.
     auth: Arc<AuthState>,
+    /// Durable storage (persistence on).
+    store: Option<Arc<Store>>,
     next_session_id: AtomicU64,
 }
 
 impl Router {
-    pub fn new(limits: SessionLimits, metrics: Metrics, auth: Arc<AuthState>) -> Router {
+    pub fn new(
+        limits: SessionLimits,
+        metrics: Metrics,
+        auth: Arc<AuthState>,
+        store: Option<Arc<Store>>,
+    ) -> Router {
         Router {
             auth,
+            store,
             sessions: DashMap::new(),
             trie: RwLock::new(Trie::default()),
             retained: RwLock::new(RetainedStore::default()),
@@ -89,6 +108,11 @@ impl Router {
         &self.auth
     }
 
+    /// Durable storage, when persistence is on.
+    pub fn store(&self) -> Option<&Arc<Store>> {
+        self.store.as_ref()
+    }
+
     /// Number of sessions (connected and persistent offline).
     pub fn session_count(&self) -> usize {
         self.sessions.len()
@@ -106,11 +130,12 @@ impl Router {
 
     fn new_session(&self, client_id: Arc<str>, clean: bool, attach: Attachment) -> Arc<Session> {
         let id = self.next_session_id.fetch_add(1, Ordering::Relaxed);
-        let session = Session::new(id, client_id, clean);
+        let session = Session::new(id, client_id, clean, self.store.clone());
         {
             let mut st = session.state.lock();
             st.username = attach.username.clone();
             st.attached = Some(attach);
+            st.persist_record();
         }
         Arc::new(session)
     }
@@ -144,6 +169,7 @@ impl Router {
                     st.username = attach.username.clone();
                     st.attached = Some(attach);
                     st.disconnected_at = None;
+                    st.persist_record();
                     drop(st);
                     Attached {
                         session: old,
@@ -169,8 +195,10 @@ impl Router {
         let (filters, lost) = {
             let mut st = session.state.lock();
             st.discarded = true;
+            st.unpersist_session();
             let filters: Vec<Box<str>> = st.subscriptions.drain().map(|(f, _)| f).collect();
-            (filters, st.clear_messages())
+            let on_disk = st.on_disk.take().unwrap_or(0);
+            (filters, st.clear_messages() + on_disk)
         };
         if !filters.is_empty() {
             let mut trie = self.trie.write();
@@ -195,6 +223,7 @@ impl Router {
             }
             st.attached = None;
             st.disconnected_at = Some(Instant::now());
+            st.persist_record();
             st.clean
         };
         if clean {
@@ -211,6 +240,7 @@ impl Router {
             return false;
         }
         st.subscriptions.insert(filter.into(), qos);
+        st.persist_record();
         // Under the session lock so a concurrent discard cannot miss this entry.
         self.trie
             .write()
@@ -224,6 +254,7 @@ impl Router {
         if st.subscriptions.remove(filter).is_none() {
             return false;
         }
+        st.persist_record();
         self.trie.write().remove(filter, session.id)
     }
 
@@ -235,16 +266,23 @@ impl Router {
     /// Routes one message: retained store, then one delivery per matching session at the
     /// highest QoS its matching subscriptions granted [MQTT-3.3.5-1], capped by the message's.
     ///
-    /// Returns a connected subscriber (other than `publisher`, the publishing session's id)
+    /// Reports a connected subscriber (other than `publisher`, the publishing session's id)
     /// whose QoS 1/2 queue is over its limit: the publisher should pause reading until it
-    /// drains (see `SessionState::enqueue`).
+    /// drains (see `SessionState::enqueue`); and whether storage refused a copy.
     pub fn publish(
         &self,
         msg: Arc<Publication>,
         matches: &mut MatchBuffer,
         publisher: Option<u64>,
-    ) -> Option<Arc<Session>> {
+    ) -> PublishOutcome {
         if msg.retain {
+            if let Some(store) = &self.store {
+                if msg.payload.is_empty() {
+                    store.delete_retained(&msg.topic);
+                } else {
+                    store.put_retained(&msg.topic, msg.qos as u8, &msg.payload);
+                }
+            }
             self.retained.write().set(msg.clone());
         }
         self.trie.read().matches(&msg.topic, matches);
@@ -266,11 +304,13 @@ impl Router {
         let acl = self.auth.acl();
         let topic = std::str::from_utf8(&msg.topic).unwrap_or_default();
         let mut congested = None;
+        let mut outcome = PublishOutcome::default();
         for (_, (session, granted)) in matches.drain(..) {
             let item = Queued {
                 msg: msg.clone(),
                 qos: min_qos(msg.qos, granted),
                 retain: false,
+                seq: 0,
             };
             let result = {
                 let mut st = session.state.lock();
@@ -292,10 +332,101 @@ impl Router {
                         congested = Some(session);
                     }
                 }
-                Err(reason) => self.metrics.stats.dropped(reason, 1),
+                Err(reason) => {
+                    if reason == DropReason::StorageError {
+                        outcome.unstored = true;
+                    }
+                    self.metrics.stats.dropped(reason, 1)
+                }
             }
         }
-        congested
+        outcome.congested = congested;
+        outcome
+    }
+
+    /// Recreates persistent sessions and retained messages from storage at startup. Stored
+    /// messages stay on disk until their client connects again (`load_stored`).
+    pub fn restore(&self, recovered: crate::storage::Recovered) {
+        let now_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        {
+            let mut retained = self.retained.write();
+            for (topic, qos, payload) in recovered.retained {
+                let qos = match qos {
+                    0 => QoS::AtMostOnce,
+                    1 => QoS::AtLeastOnce,
+                    _ => QoS::ExactlyOnce,
+                };
+                retained.set(Arc::new(Publication {
+                    topic,
+                    payload,
+                    qos,
+                    retain: true,
+                    received_at: std::time::Instant::now(),
+                }));
+            }
+        }
+        for stored in recovered.sessions {
+            let id = self.next_session_id.fetch_add(1, Ordering::Relaxed);
+            let client: Arc<str> = Arc::from(stored.client_id.as_str());
+            let session = Arc::new(Session::new(id, client.clone(), false, self.store.clone()));
+            {
+                let mut st = session.state.lock();
+                // Offline since the recorded time (or since now, if it was connected at the crash).
+                let away = now_unix.saturating_sub(stored.disconnected_at);
+                let away = if stored.disconnected_at == 0 { 0 } else { away };
+                let now = Instant::now();
+                st.disconnected_at =
+                    Some(now.checked_sub(Duration::from_secs(away)).unwrap_or(now));
+                st.incoming_qos2.extend(stored.incoming_qos2);
+                if stored.stored_messages > 0 {
+                    st.on_disk = Some(stored.stored_messages);
+                }
+                let mut trie = self.trie.write();
+                for (filter, q) in &stored.subscriptions {
+                    let qos = match q {
+                        0 => QoS::AtMostOnce,
+                        1 => QoS::AtLeastOnce,
+                        _ => QoS::ExactlyOnce,
+                    };
+                    st.subscriptions.insert(filter.as_str().into(), qos);
+                    trie.insert(filter, session.id, (session.clone(), qos));
+                }
+            }
+            self.sessions.insert(client, session);
+        }
+    }
+
+    /// Brings a returning client's messages from disk into its session (older ones first).
+    pub async fn load_stored(&self, session: &Arc<Session>) {
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        let cutoff = {
+            let mut st = session.state.lock();
+            if st.on_disk.take().is_none() {
+                return;
+            }
+            // Messages from now on go to memory (and disk) with higher sequence numbers.
+            store.next_seq()
+        };
+        let client = session.client_id.to_string();
+        let loaded = tokio::task::spawn_blocking(move || {
+            store.flush_blocking();
+            store.load_messages(&client, cutoff)
+        })
+        .await;
+        match loaded {
+            Ok(Ok(messages)) => {
+                let n = messages.len();
+                session.state.lock().restore(messages);
+                tracing::info!("Loaded {n} stored message(s) for {}.", session.client_id);
+            }
+            Ok(Err(e)) => tracing::error!("Loading stored messages of {}: {e}", session.client_id),
+            Err(e) => tracing::error!("Loading stored messages of {}: {e}", session.client_id),
+        }
     }
 
     /// Registry-wide figures for metrics and $SYS (walks every session: call per scrape or

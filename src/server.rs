@@ -20,6 +20,7 @@ use crate::config::{Config, ConfigError, IdentitySource, DEFAULT_PORT};
 use crate::connection::{self, CertUser, Context};
 use crate::metrics::Metrics;
 use crate::router::Router;
+use crate::storage::{StorageError, Store};
 use crate::tls::{self, TlsAcceptor, TlsError};
 use crate::{http, sys};
 
@@ -45,6 +46,8 @@ pub enum BrokerError {
     Tls { listener: String, source: TlsError },
     #[error("{0}")]
     Auth(#[from] AuthError),
+    #[error("persistence: {0}")]
+    Storage(#[from] StorageError),
 }
 
 /// One bound listener.
@@ -136,7 +139,39 @@ impl Broker {
         if auth.acl().is_some() {
             info!("Loaded acl_file: PUBLISH, SUBSCRIBE and every delivery are checked against it.");
         }
-        let router = Arc::new(Router::new(config.session_limits(), metrics, auth));
+        let store = if config.persistence {
+            let store = Arc::new(Store::open(
+                &config.persistence_location,
+                config.fsync_policy(),
+            )?);
+            Some(store)
+        } else {
+            None
+        };
+        let router = Arc::new(Router::new(
+            config.session_limits(),
+            metrics,
+            auth,
+            store.clone(),
+        ));
+        if let Some(store) = &store {
+            let started = std::time::Instant::now();
+            let recovered = store.recover()?;
+            let (sessions, retained, dropped) = (
+                recovered.sessions.len(),
+                recovered.retained.len(),
+                recovered.dropped_records,
+            );
+            let on_disk: usize = recovered.sessions.iter().map(|s| s.stored_messages).sum();
+            router.restore(recovered);
+            info!(
+                "Recovered {retained} retained message(s) and {sessions} persistent session(s) with {on_disk} stored message(s) (left on disk until their clients return) in {:?}.",
+                started.elapsed()
+            );
+            if dropped > 0 {
+                warn!("Dropped {dropped} undecodable record(s) from the database; everything else was recovered.");
+            }
+        }
         Ok(Broker {
             config: Arc::new(config),
             router,
@@ -248,6 +283,10 @@ impl Broker {
             .is_err()
         {
             warn!("Some connections did not close within {SHUTDOWN_GRACE:?}.");
+        }
+        if let Some(store) = self.router.store().cloned() {
+            // Commit and fsync what is pending, off the async threads.
+            let _ = tokio::task::spawn_blocking(move || store.close()).await;
         }
         Ok(())
     }

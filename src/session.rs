@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::message::Publication;
+use crate::storage::Store;
 
 /// Per-session limits, from the config.
 #[derive(Debug, Clone, Copy)]
@@ -53,16 +54,19 @@ pub enum DropReason {
     TooLarge,
     /// The ACL did not allow the publish or the delivery.
     NotAuthorized,
+    /// Storage writes are failing: a message for a persistent session could not be kept.
+    StorageError,
 }
 
 impl DropReason {
     /// Every reason, in index order.
-    pub const ALL: [DropReason; 5] = [
+    pub const ALL: [DropReason; 6] = [
         DropReason::QueueFull,
         DropReason::Qos0Offline,
         DropReason::SessionExpired,
         DropReason::TooLarge,
         DropReason::NotAuthorized,
+        DropReason::StorageError,
     ];
 
     /// Label value for metrics and logs.
@@ -73,6 +77,7 @@ impl DropReason {
             DropReason::SessionExpired => "session_expired",
             DropReason::TooLarge => "too_large",
             DropReason::NotAuthorized => "not_authorized",
+            DropReason::StorageError => "storage_error",
         }
     }
 
@@ -99,11 +104,20 @@ pub struct Session {
 }
 
 impl Session {
-    pub(crate) fn new(id: u64, client_id: Arc<str>, clean: bool) -> Session {
+    pub(crate) fn new(
+        id: u64,
+        client_id: Arc<str>,
+        clean: bool,
+        store: Option<Arc<Store>>,
+    ) -> Session {
+        let mut state = SessionState::new(clean);
+        if !clean {
+            state.store = store.map(|s| (s, client_id.clone()));
+        }
         Session {
             id,
             client_id,
-            state: Mutex::new(SessionState::new(clean)),
+            state: Mutex::new(state),
             wake: Notify::new(),
             space: Notify::new(),
         }
@@ -129,6 +143,8 @@ pub struct Queued {
     pub qos: QoS,
     /// Set only for retained messages sent because of a new subscription [MQTT-3.3.1-8].
     pub retain: bool,
+    /// Storage sequence number; 0 when the message is not persisted.
+    pub seq: u64,
 }
 
 /// Where an outgoing QoS 1/2 message is in its handshake.
@@ -187,6 +203,11 @@ pub struct SessionState {
     pub disconnected_at: Option<Instant>,
     /// Since when this connected client's QoS 1/2 queue has been over its limit.
     pub congested_since: Option<Instant>,
+    /// For persistent sessions with persistence on: the store and this client's id.
+    pub store: Option<(Arc<Store>, Arc<str>)>,
+    /// Messages kept on disk and not loaded (after a restart, until the client returns);
+    /// while set, new messages go to disk only.
+    pub on_disk: Option<usize>,
     /// Messages dropped for this client since the session began, by `DropReason::index`.
     pub dropped: [u64; DropReason::ALL.len()],
 }
@@ -209,6 +230,8 @@ impl SessionState {
             disconnected_at: None,
             dropped: [0; DropReason::ALL.len()],
             congested_since: None,
+            store: None,
+            on_disk: None,
         }
     }
 
@@ -236,7 +259,7 @@ impl SessionState {
     /// messages to it are dropped and counted. Offline sessions drop beyond the limits.
     pub fn enqueue(
         &mut self,
-        item: Queued,
+        mut item: Queued,
         limits: &SessionLimits,
     ) -> Result<Enqueued, DropReason> {
         if self.discarded {
@@ -245,6 +268,20 @@ impl SessionState {
         let online = self.attached.is_some();
         if !online && item.qos == QoS::AtMostOnce && !limits.queue_qos0 {
             return Err(self.note_drop(DropReason::Qos0Offline));
+        }
+        if let Some(stored) = self.on_disk {
+            // After a restart, until the client returns: append to disk, not to memory.
+            if stored >= limits.max_queued_messages {
+                return Err(self.note_drop(DropReason::QueueFull));
+            }
+            if !self.persist(&mut item) {
+                return Err(self.note_drop(DropReason::StorageError));
+            }
+            self.on_disk = Some(stored + 1);
+            return Ok(Enqueued {
+                wake: false,
+                congested: false,
+            });
         }
         let size = item.msg.size();
         let qos0 = item.qos == QoS::AtMostOnce;
@@ -273,6 +310,9 @@ impl SessionState {
             self.congested_since.get_or_insert_with(Instant::now);
             congested = true;
         }
+        if !self.persist(&mut item) {
+            return Err(self.note_drop(DropReason::StorageError));
+        }
         let was_empty = self.queue.is_empty();
         self.queued_bytes += size;
         if qos0 {
@@ -284,6 +324,120 @@ impl SessionState {
             wake: online && was_empty,
             congested,
         })
+    }
+
+    /// Writes a message for a persistent session to the store (QoS 1/2, and QoS 0 queued
+    /// while offline). False if storage is failing and the message cannot be kept.
+    fn persist(&mut self, item: &mut Queued) -> bool {
+        let Some((store, client)) = &self.store else {
+            return true;
+        };
+        if item.qos == QoS::AtMostOnce && self.attached.is_some() {
+            return true;
+        }
+        if !store.healthy() {
+            return false;
+        }
+        item.seq = store.next_seq();
+        store.put_message(
+            client,
+            item.seq,
+            item.qos as u8,
+            &item.msg.topic,
+            &item.msg.payload,
+        );
+        true
+    }
+
+    /// Forgets a persisted message (delivered, acknowledged).
+    fn unpersist(&self, seq: u64) {
+        if let (Some((store, client)), true) = (&self.store, seq != 0) {
+            store.delete_message(client, seq);
+        }
+    }
+
+    /// Records an inbound QoS 2 packet id; false if it was already there (a re-sent PUBLISH).
+    pub fn add_incoming(&mut self, pkid: u16) -> bool {
+        let new = self.incoming_qos2.insert(pkid);
+        if let (true, Some((store, client))) = (new, &self.store) {
+            store.add_incoming(client, pkid);
+        }
+        new
+    }
+
+    /// PUBREL: forgets an inbound QoS 2 packet id.
+    pub fn remove_incoming(&mut self, pkid: u16) {
+        if self.incoming_qos2.remove(&pkid) {
+            if let Some((store, client)) = &self.store {
+                store.remove_incoming(client, pkid);
+            }
+        }
+    }
+
+    /// Writes this persistent session's record (subscriptions, online or not).
+    pub fn persist_record(&self) {
+        if let Some((store, client)) = &self.store {
+            let subs: Vec<(String, u8)> = self
+                .subscriptions
+                .iter()
+                .map(|(f, q)| (f.to_string(), *q as u8))
+                .collect();
+            store.put_session(client, &subs, self.attached.is_none());
+        }
+    }
+
+    /// Removes this persistent session from the store (expired or replaced).
+    pub fn unpersist_session(&self) {
+        if let Some((store, client)) = &self.store {
+            store.delete_session(client);
+        }
+    }
+
+    /// Puts messages loaded from disk (older than anything in memory) in front: those that
+    /// were in flight back into the window with their packet ids, the rest before the queue.
+    pub fn restore(&mut self, loaded: Vec<crate::storage::StoredMessage>) {
+        let mut front = Vec::new();
+        for m in loaded {
+            let qos = match m.qos {
+                0 => QoS::AtMostOnce,
+                1 => QoS::AtLeastOnce,
+                _ => QoS::ExactlyOnce,
+            };
+            let item = Queued {
+                msg: Arc::new(Publication {
+                    topic: m.topic,
+                    payload: m.payload,
+                    qos,
+                    retain: false,
+                    received_at: std::time::Instant::now(),
+                }),
+                qos,
+                retain: false,
+                seq: m.seq,
+            };
+            match m.inflight {
+                Some((pkid, rec))
+                    if qos != QoS::AtMostOnce && !self.inflight.iter().any(|i| i.pkid == pkid) =>
+                {
+                    let state = match (qos, rec) {
+                        (QoS::ExactlyOnce, true) => InflightState::AwaitPubComp,
+                        (QoS::ExactlyOnce, false) => InflightState::AwaitPubRec,
+                        _ => InflightState::AwaitPubAck,
+                    };
+                    self.inflight.push_back(Inflight { pkid, item, state });
+                }
+                _ => front.push(item),
+            }
+        }
+        for item in front.into_iter().rev() {
+            let size = item.msg.size();
+            self.queued_bytes += size;
+            if item.qos == QoS::AtMostOnce {
+                self.queued_qos0 += 1;
+                self.queued_bytes_qos0 += size;
+            }
+            self.queue.push_front(item);
+        }
     }
 
     /// Counts a drop against this client (for the slow-client report) and returns the reason.
@@ -334,6 +488,7 @@ impl SessionState {
             }
             budget = budget.saturating_sub(size + 8);
             if item.qos == QoS::AtMostOnce {
+                self.unpersist(item.seq);
                 out.push(Outgoing::Publish {
                     item,
                     pkid: 0,
@@ -341,6 +496,12 @@ impl SessionState {
                 });
             } else {
                 let pkid = self.alloc_pkid();
+                if let (QoS::ExactlyOnce, Some((store, client)), true) =
+                    (item.qos, &self.store, item.seq != 0)
+                {
+                    // Exactly once across a restart needs the packet id kept with the message.
+                    store.set_inflight(client, item.seq, pkid, false);
+                }
                 let state = if item.qos == QoS::AtLeastOnce {
                     InflightState::AwaitPubAck
                 } else {
@@ -392,8 +553,14 @@ impl SessionState {
 
     /// PUBACK: ends a QoS 1 delivery. False if no such message was in flight.
     pub fn puback(&mut self, pkid: u16) -> bool {
-        match self.position(pkid, InflightState::AwaitPubAck) {
-            Some(p) => self.inflight.remove(p).is_some(),
+        match self
+            .position(pkid, InflightState::AwaitPubAck)
+            .and_then(|p| self.inflight.remove(p))
+        {
+            Some(done) => {
+                self.unpersist(done.item.seq);
+                true
+            }
             None => false,
         }
     }
@@ -406,6 +573,10 @@ impl SessionState {
         match pos.and_then(|p| self.inflight.get_mut(p)) {
             Some(i) => {
                 i.state = InflightState::AwaitPubComp;
+                let seq = i.item.seq;
+                if let (Some((store, client)), true) = (&self.store, seq != 0) {
+                    store.set_inflight(client, seq, pkid, true);
+                }
                 true
             }
             None => false,
@@ -414,8 +585,14 @@ impl SessionState {
 
     /// PUBCOMP: ends a QoS 2 delivery.
     pub fn pubcomp(&mut self, pkid: u16) -> bool {
-        match self.position(pkid, InflightState::AwaitPubComp) {
-            Some(p) => self.inflight.remove(p).is_some(),
+        match self
+            .position(pkid, InflightState::AwaitPubComp)
+            .and_then(|p| self.inflight.remove(p))
+        {
+            Some(done) => {
+                self.unpersist(done.item.seq);
+                true
+            }
             None => false,
         }
     }
@@ -459,6 +636,7 @@ mod tests {
             }),
             qos,
             retain: false,
+            seq: 0,
         }
     }
 

@@ -60,7 +60,7 @@ fn publish(router: &Router, matches: &mut MatchBuffer, topic: &str, value: Strin
         retain: true,
         received_at: std::time::Instant::now(),
     };
-    router.publish(Arc::new(msg), matches, None);
+    let _ = router.publish(Arc::new(msg), matches, None);
 }
 
 fn publish_all(

@@ -72,6 +72,10 @@ pub fn config_toml(extra_toml: &str) -> String {
     if !extra_toml.contains("metrics_") {
         s.push_str("metrics_port = 0\n");
     }
+    // Persistence is on by default in ./roostd-data; tests that want it name a directory.
+    if !extra_toml.contains("persistence") {
+        s.push_str("persistence = false\n");
+    }
     s.push_str(extra_toml);
     s.push('\n');
     s.push_str("[[listener]]\nport = 0\nbind_address = \"127.0.0.1\"\n");

@@ -223,7 +223,7 @@ async fn grafana_dashboard_only_uses_exported_metrics() {
     std::fs::write(dir.join("c.pem"), cert.pem()).unwrap();
     std::fs::write(dir.join("k.pem"), key.serialize_pem()).unwrap();
     let text = format!(
-        "allow_anonymous = true\nmetrics_port = 0\n[[listener]]\nport = 0\nbind_address = \"127.0.0.1\"\n[[listener]]\nport = 0\nbind_address = \"127.0.0.1\"\ncertfile = {:?}\nkeyfile = {:?}\n",
+                "allow_anonymous = true\nmetrics_port = 0\npersistence = false\n[[listener]]\nport = 0\nbind_address = \"127.0.0.1\"\n[[listener]]\nport = 0\nbind_address = \"127.0.0.1\"\ncertfile = {:?}\nkeyfile = {:?}\n",
         dir.join("c.pem"),
         dir.join("k.pem")
     );

@@ -115,7 +115,7 @@ async fn start_tls_broker(
     Arc<roostd::router::Router>,
     Arc<tokio::sync::Notify>,
 ) {
-    let text = format!("metrics_port = 0\n{global}\n{listener_toml}");
+    let text = format!("metrics_port = 0\npersistence = false\n{global}\n{listener_toml}");
     let cfg = roostd::Config::from_toml_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     let broker = roostd::Broker::bind(cfg).await.expect("bind");
     let addr = broker.local_addrs()[0];
@@ -499,7 +499,7 @@ async fn startup_fails_clearly_on_missing_mismatched_or_expired_files() {
         ),
     ];
     for (files, needle) in cases {
-        let text = format!("metrics_enabled = false\n[[listener]]\nport = 0\nbind_address = \"127.0.0.1\"\n{files}\n");
+        let text = format!("metrics_enabled = false\npersistence = false\n[[listener]]\nport = 0\nbind_address = \"127.0.0.1\"\n{files}\n");
         let cfg = roostd::Config::from_toml_str(&text).unwrap();
         let err = match roostd::Broker::bind(cfg).await {
             Ok(_) => panic!("broker started with bad TLS files: {files}"),

@@ -1,0 +1,831 @@
+//! Durable state: retained messages, persistent sessions (clean session 0) with their
+//! subscriptions, queued and in-flight QoS 1/2 messages, and inbound QoS 2 packet ids.
+//!
+//! Backed by redb (see ARCHITECTURE.md for the choice): one file, copy-on-write B-trees,
+//! atomic commits with checksums, repaired on open after a crash. All writes go through one
+//! writer thread that takes every pending operation into one transaction (group commit), so
+//! the publish path never waits for the disk unless fsync = "always", where acknowledgements
+//! are held until the commit that contains their message has been fsynced.
+//!
+//! Keys: `client id 0x00 seq(u64 BE)` for messages and in-flight marks (client ids cannot
+//! contain U+0000, [MQTT-1.5.3-2]), `client id 0x00 packet id(u16 BE)` for inbound QoS 2 ids,
+//! the client id for sessions and the topic for retained messages. Sequence numbers are global
+//! and increase, so one client's messages come back in the order they were queued.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use thiserror::Error;
+use tokio::sync::Notify;
+use tracing::{error, info, warn};
+
+const MESSAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("messages");
+const INFLIGHT: TableDefinition<&[u8], &[u8]> = TableDefinition::new("inflight");
+const INCOMING: TableDefinition<&[u8], &[u8]> = TableDefinition::new("incoming_qos2");
+const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sessions");
+const RETAINED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("retained");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Most operations applied in one transaction.
+const MAX_BATCH: usize = 16_384;
+
+/// Storage errors at startup (at runtime they are logged and counted).
+#[derive(Debug, Error)]
+pub enum StorageError {
+    #[error("creating persistence_location {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("opening the database {path}: {detail}. The file may be corrupt beyond repair or in use by another roostd; move it aside to start empty")]
+    Open { path: PathBuf, detail: String },
+    #[error("reading the database {path}: {detail}")]
+    Read { path: PathBuf, detail: String },
+    #[error("starting the storage writer thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// When commits reach the disk (the `fsync` option).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Every commit is fsynced before the acknowledgements that depend on it are sent.
+    Always,
+    /// An fsync at least every interval; a crash loses at most the last interval.
+    Interval(Duration),
+    /// The OS decides when data reaches the disk (and a clean shutdown fsyncs).
+    Never,
+}
+
+/// One change to the durable state.
+#[derive(Debug)]
+enum Op {
+    PutMessage {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    SetInflight {
+        key: Vec<u8>,
+        pkid: u16,
+        awaiting_pubcomp: bool,
+    },
+    DeleteMessage {
+        key: Vec<u8>,
+    },
+    PutRetained {
+        topic: Bytes,
+        value: Vec<u8>,
+    },
+    DeleteRetained {
+        topic: Bytes,
+    },
+    PutSession {
+        client: Vec<u8>,
+        value: Vec<u8>,
+    },
+    DeleteSession {
+        client: Vec<u8>,
+    },
+    AddIncoming {
+        key: Vec<u8>,
+    },
+    RemoveIncoming {
+        key: Vec<u8>,
+    },
+    Shutdown,
+}
+
+/// A stored message of a persistent session.
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    pub seq: u64,
+    pub qos: u8,
+    pub topic: Bytes,
+    pub payload: Bytes,
+    /// Packet id and whether PUBREC was received, if it was in flight.
+    pub inflight: Option<(u16, bool)>,
+}
+
+/// A stored persistent session.
+#[derive(Debug, Clone)]
+pub struct StoredSession {
+    pub client_id: String,
+    pub subscriptions: Vec<(String, u8)>,
+    /// Seconds since the epoch when its client went away (0: it was connected at the crash).
+    pub disconnected_at: u64,
+    pub incoming_qos2: Vec<u16>,
+    /// Messages on disk for it (loaded when the client comes back).
+    pub stored_messages: usize,
+}
+
+/// What startup recovered.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    pub retained: Vec<(Bytes, u8, Bytes)>,
+    pub sessions: Vec<StoredSession>,
+    /// Records that could not be decoded and were dropped (reported, never used).
+    pub dropped_records: usize,
+}
+
+/// Handle to the durable store.
+pub struct Store {
+    path: PathBuf,
+    db: Arc<Database>,
+    tx: Mutex<Option<Sender<(u64, Op)>>>,
+    /// Last ticket issued to an operation.
+    issued: AtomicU64,
+    /// Last ticket whose operation is committed (fsynced under `Always`).
+    committed: Arc<AtomicU64>,
+    /// Signalled after every commit.
+    pub commit_notify: Arc<Notify>,
+    /// False after a failed commit, until one succeeds: new persistent messages are refused.
+    healthy: Arc<AtomicBool>,
+    /// Failed commits so far.
+    pub errors: Arc<AtomicU64>,
+    next_seq: AtomicU64,
+    policy: FsyncPolicy,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `client 0x00 n` keys.
+fn key(client: &str, n: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(client.len() + 1 + n.len());
+    k.extend_from_slice(client.as_bytes());
+    k.push(0);
+    k.extend_from_slice(n);
+    k
+}
+
+fn client_range(client: &str) -> (Vec<u8>, Vec<u8>) {
+    let mut lo = client.as_bytes().to_vec();
+    lo.push(0);
+    let mut hi = client.as_bytes().to_vec();
+    hi.push(1);
+    (lo, hi)
+}
+
+fn split_key(k: &[u8]) -> Option<(&[u8], &[u8])> {
+    let i = k.iter().position(|&b| b == 0)?;
+    Some((&k[..i], &k[i + 1..]))
+}
+
+fn encode_message(qos: u8, topic: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(3 + topic.len() + payload.len());
+    v.push(qos);
+    v.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    v.extend_from_slice(topic);
+    v.extend_from_slice(payload);
+    v
+}
+
+fn decode_message(v: &[u8]) -> Option<(u8, Bytes, Bytes)> {
+    let qos = *v.first()?;
+    let len = u16::from_be_bytes([*v.get(1)?, *v.get(2)?]) as usize;
+    let topic = v.get(3..3 + len)?;
+    let payload = v.get(3 + len..)?;
+    (qos <= 2).then(|| {
+        (
+            qos,
+            Bytes::copy_from_slice(topic),
+            Bytes::copy_from_slice(payload),
+        )
+    })
+}
+
+fn encode_session(subscriptions: &[(String, u8)], disconnected_at: u64) -> Vec<u8> {
+    let mut v = vec![1u8];
+    v.extend_from_slice(&disconnected_at.to_be_bytes());
+    v.extend_from_slice(&(subscriptions.len() as u32).to_be_bytes());
+    for (f, q) in subscriptions {
+        v.push(*q);
+        v.extend_from_slice(&(f.len() as u16).to_be_bytes());
+        v.extend_from_slice(f.as_bytes());
+    }
+    v
+}
+
+fn decode_session(v: &[u8]) -> Option<(Vec<(String, u8)>, u64)> {
+    if *v.first()? != 1 {
+        return None;
+    }
+    let at = u64::from_be_bytes(v.get(1..9)?.try_into().ok()?);
+    let n = u32::from_be_bytes(v.get(9..13)?.try_into().ok()?) as usize;
+    let mut subs = Vec::with_capacity(n.min(1024));
+    let mut i = 13;
+    for _ in 0..n {
+        let q = *v.get(i)?;
+        let len = u16::from_be_bytes([*v.get(i + 1)?, *v.get(i + 2)?]) as usize;
+        let f = std::str::from_utf8(v.get(i + 3..i + 3 + len)?).ok()?;
+        if q > 2 || crate::protocol::topic::validate_topic_filter(f).is_err() {
+            return None;
+        }
+        subs.push((f.to_string(), q));
+        i += 3 + len;
+    }
+    (i == v.len()).then_some((subs, at))
+}
+
+impl Store {
+    /// Opens (creating if needed) `dir/roostd.redb` and starts the writer thread. A database
+    /// that redb cannot repair stops startup with a message naming the file.
+    pub fn open(dir: &Path, policy: FsyncPolicy) -> Result<Store, StorageError> {
+        std::fs::create_dir_all(dir).map_err(|source| StorageError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = dir.join("roostd.redb");
+        let mut builder = Database::builder();
+        builder.set_repair_callback(|_| {
+            warn!("The database was not closed cleanly (crash or power loss): repairing it.");
+        });
+        let db = builder.create(&path).map_err(|e| StorageError::Open {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+        let db = Arc::new(db);
+        // Make sure every table exists, and learn the next sequence number.
+        let open_err = |e: &dyn std::fmt::Display| StorageError::Open {
+            path: path.clone(),
+            detail: e.to_string(),
+        };
+        let next_seq = {
+            let w = db.begin_write().map_err(|e| open_err(&e))?;
+            let seq = {
+                w.open_table(MESSAGES).map_err(|e| open_err(&e))?;
+                w.open_table(INFLIGHT).map_err(|e| open_err(&e))?;
+                w.open_table(INCOMING).map_err(|e| open_err(&e))?;
+                w.open_table(SESSIONS).map_err(|e| open_err(&e))?;
+                w.open_table(RETAINED).map_err(|e| open_err(&e))?;
+                let meta = w.open_table(META).map_err(|e| open_err(&e))?;
+                let seq = meta
+                    .get("next_seq")
+                    .map_err(|e| open_err(&e))?
+                    .map(|g| g.value());
+                seq.unwrap_or(1)
+            };
+            w.commit().map_err(|e| open_err(&e))?;
+            seq
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let committed = Arc::new(AtomicU64::new(0));
+        let commit_notify = Arc::new(Notify::new());
+        let healthy = Arc::new(AtomicBool::new(true));
+        let errors = Arc::new(AtomicU64::new(0));
+        let writer = {
+            let (db, committed, notify, healthy, errors) = (
+                db.clone(),
+                committed.clone(),
+                commit_notify.clone(),
+                healthy.clone(),
+                errors.clone(),
+            );
+            std::thread::Builder::new()
+                .name("roostd-storage".into())
+                .spawn(move || writer_loop(db, rx, policy, committed, notify, healthy, errors))
+                .map_err(StorageError::Thread)?
+        };
+        info!("Persistence in {} (fsync {policy:?}).", path.display());
+        Ok(Store {
+            path,
+            db,
+            tx: Mutex::new(Some(tx)),
+            issued: AtomicU64::new(0),
+            committed,
+            commit_notify,
+            healthy,
+            errors,
+            next_seq: AtomicU64::new(next_seq),
+            policy,
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    /// The fsync policy.
+    pub fn policy(&self) -> FsyncPolicy {
+        self.policy
+    }
+
+    /// Whether acknowledgements must wait for commits (fsync = always).
+    pub fn acks_wait(&self) -> bool {
+        self.policy == FsyncPolicy::Always
+    }
+
+    /// False while commits fail: new persistent QoS 1/2 messages are refused.
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Relaxed)
+    }
+
+    /// Ticket of the last operation issued.
+    pub fn issued(&self) -> u64 {
+        self.issued.load(SeqCst)
+    }
+
+    /// Ticket of the last operation committed.
+    pub fn committed(&self) -> u64 {
+        self.committed.load(SeqCst)
+    }
+
+    /// A new message sequence number (global, increasing).
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq.fetch_add(1, Relaxed)
+    }
+
+    fn send(&self, op: Op) {
+        let guard = self.tx.lock();
+        if let Some(tx) = guard.as_ref() {
+            let ticket = self.issued.fetch_add(1, SeqCst) + 1;
+            if tx.send((ticket, op)).is_err() {
+                self.healthy.store(false, Relaxed);
+            }
+        }
+    }
+
+    pub fn put_message(&self, client: &str, seq: u64, qos: u8, topic: &[u8], payload: &[u8]) {
+        self.send(Op::PutMessage {
+            key: key(client, &seq.to_be_bytes()),
+            value: encode_message(qos, topic, payload),
+        });
+    }
+
+    pub fn set_inflight(&self, client: &str, seq: u64, pkid: u16, awaiting_pubcomp: bool) {
+        self.send(Op::SetInflight {
+            key: key(client, &seq.to_be_bytes()),
+            pkid,
+            awaiting_pubcomp,
+        });
+    }
+
+    pub fn delete_message(&self, client: &str, seq: u64) {
+        self.send(Op::DeleteMessage {
+            key: key(client, &seq.to_be_bytes()),
+        });
+    }
+
+    pub fn put_retained(&self, topic: &Bytes, qos: u8, payload: &[u8]) {
+        let mut value = Vec::with_capacity(1 + payload.len());
+        value.push(qos);
+        value.extend_from_slice(payload);
+        self.send(Op::PutRetained {
+            topic: topic.clone(),
+            value,
+        });
+    }
+
+    pub fn delete_retained(&self, topic: &Bytes) {
+        self.send(Op::DeleteRetained {
+            topic: topic.clone(),
+        });
+    }
+
+    /// Writes a persistent session's record (subscriptions and when it went offline, 0 = online).
+    pub fn put_session(&self, client: &str, subscriptions: &[(String, u8)], disconnected: bool) {
+        let at = if disconnected { unix_now() } else { 0 };
+        self.send(Op::PutSession {
+            client: client.as_bytes().to_vec(),
+            value: encode_session(subscriptions, at),
+        });
+    }
+
+    /// Removes a session with its messages and inbound QoS 2 ids.
+    pub fn delete_session(&self, client: &str) {
+        self.send(Op::DeleteSession {
+            client: client.as_bytes().to_vec(),
+        });
+    }
+
+    pub fn add_incoming(&self, client: &str, pkid: u16) {
+        self.send(Op::AddIncoming {
+            key: key(client, &pkid.to_be_bytes()),
+        });
+    }
+
+    pub fn remove_incoming(&self, client: &str, pkid: u16) {
+        self.send(Op::RemoveIncoming {
+            key: key(client, &pkid.to_be_bytes()),
+        });
+    }
+
+    /// Waits (blocking) until everything issued so far is committed. For loading and tests.
+    pub fn flush_blocking(&self) {
+        let target = self.issued();
+        let start = Instant::now();
+        while self.committed() < target
+            && self.healthy()
+            && start.elapsed() < Duration::from_secs(30)
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Reads everything but the messages (those stay on disk until their session returns).
+    pub fn recover(&self) -> Result<Recovered, StorageError> {
+        let err = |e: &dyn std::fmt::Display| StorageError::Read {
+            path: self.path.clone(),
+            detail: e.to_string(),
+        };
+        let r = self.db.begin_read().map_err(|e| err(&e))?;
+        let mut out = Recovered::default();
+        let retained = r.open_table(RETAINED).map_err(|e| err(&e))?;
+        for item in retained.iter().map_err(|e| err(&e))? {
+            let (k, v) = item.map_err(|e| err(&e))?;
+            let (topic, v) = (k.value(), v.value());
+            let valid = std::str::from_utf8(topic).is_ok()
+                && crate::protocol::topic::validate_topic_name(topic).is_ok()
+                && v.first().is_some_and(|q| *q <= 2)
+                && v.len() > 1;
+            if valid {
+                out.retained.push((
+                    Bytes::copy_from_slice(topic),
+                    v[0],
+                    Bytes::copy_from_slice(&v[1..]),
+                ));
+            } else {
+                out.dropped_records += 1;
+            }
+        }
+        let sessions = r.open_table(SESSIONS).map_err(|e| err(&e))?;
+        let mut by_client = std::collections::HashMap::new();
+        for item in sessions.iter().map_err(|e| err(&e))? {
+            let (k, v) = item.map_err(|e| err(&e))?;
+            let client = std::str::from_utf8(k.value()).ok().map(str::to_string);
+            match (client, decode_session(v.value())) {
+                (Some(client_id), Some((subscriptions, disconnected_at))) => {
+                    by_client.insert(
+                        client_id.clone(),
+                        StoredSession {
+                            client_id,
+                            subscriptions,
+                            disconnected_at,
+                            incoming_qos2: Vec::new(),
+                            stored_messages: 0,
+                        },
+                    );
+                }
+                _ => out.dropped_records += 1,
+            }
+        }
+        let incoming = r.open_table(INCOMING).map_err(|e| err(&e))?;
+        for item in incoming.iter().map_err(|e| err(&e))? {
+            let (k, _) = item.map_err(|e| err(&e))?;
+            let parsed = split_key(k.value()).and_then(|(c, id)| {
+                let c = std::str::from_utf8(c).ok()?;
+                let id: [u8; 2] = id.try_into().ok()?;
+                Some((c.to_string(), u16::from_be_bytes(id)))
+            });
+            match parsed.and_then(|(c, id)| by_client.get_mut(&c).map(|s| (s, id))) {
+                Some((s, id)) => s.incoming_qos2.push(id),
+                None => out.dropped_records += 1,
+            }
+        }
+        // Count each session's messages from the keys only.
+        let messages = r.open_table(MESSAGES).map_err(|e| err(&e))?;
+        for item in messages.iter().map_err(|e| err(&e))? {
+            let (k, _) = item.map_err(|e| err(&e))?;
+            let client = split_key(k.value()).and_then(|(c, _)| std::str::from_utf8(c).ok());
+            match client.and_then(|c| by_client.get_mut(c)) {
+                Some(s) => s.stored_messages += 1,
+                None => out.dropped_records += 1,
+            }
+        }
+        out.sessions = by_client.into_values().collect();
+        Ok(out)
+    }
+
+    /// Reads a session's stored messages with sequence numbers below `before`, in order.
+    /// Blocking: call from spawn_blocking.
+    pub fn load_messages(
+        &self,
+        client: &str,
+        before: u64,
+    ) -> Result<Vec<StoredMessage>, StorageError> {
+        let err = |e: &dyn std::fmt::Display| StorageError::Read {
+            path: self.path.clone(),
+            detail: e.to_string(),
+        };
+        let r = self.db.begin_read().map_err(|e| err(&e))?;
+        let messages = r.open_table(MESSAGES).map_err(|e| err(&e))?;
+        let inflight = r.open_table(INFLIGHT).map_err(|e| err(&e))?;
+        let (lo, hi) = client_range(client);
+        let mut out = Vec::new();
+        for item in messages
+            .range(lo.as_slice()..hi.as_slice())
+            .map_err(|e| err(&e))?
+        {
+            let (k, v) = item.map_err(|e| err(&e))?;
+            let Some(seq) = split_key(k.value())
+                .and_then(|(_, s)| <[u8; 8]>::try_from(s).ok())
+                .map(u64::from_be_bytes)
+            else {
+                continue;
+            };
+            if seq >= before {
+                continue;
+            }
+            let Some((qos, topic, payload)) = decode_message(v.value()) else {
+                warn!("Dropping an undecodable stored message of {client} (seq {seq}).");
+                continue;
+            };
+            let mark = inflight.get(k.value()).map_err(|e| err(&e))?.and_then(|g| {
+                let v = g.value();
+                (v.len() == 3).then(|| (u16::from_be_bytes([v[0], v[1]]), v[2] == 1))
+            });
+            out.push(StoredMessage {
+                seq,
+                qos,
+                topic,
+                payload,
+                inflight: mark,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Commits what is pending with an fsync and stops the writer (clean shutdown).
+    pub fn close(&self) {
+        if let Some(tx) = self.tx.lock().take() {
+            let _ = tx.send((u64::MAX, Op::Shutdown));
+        }
+        if let Some(w) = self.writer.lock().take() {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn apply(
+    w: &redb::WriteTransaction,
+    ops: &[(u64, Op)],
+    next_seq_seen: &mut u64,
+) -> Result<(), redb::Error> {
+    let mut messages = w.open_table(MESSAGES)?;
+    let mut inflight = w.open_table(INFLIGHT)?;
+    let mut incoming = w.open_table(INCOMING)?;
+    let mut sessions = w.open_table(SESSIONS)?;
+    let mut retained = w.open_table(RETAINED)?;
+    for (_, op) in ops {
+        match op {
+            Op::PutMessage { key, value } => {
+                if let Some(seq) = split_key(key)
+                    .and_then(|(_, s)| <[u8; 8]>::try_from(s).ok())
+                    .map(u64::from_be_bytes)
+                {
+                    *next_seq_seen = (*next_seq_seen).max(seq + 1);
+                }
+                messages.insert(key.as_slice(), value.as_slice())?;
+            }
+            Op::SetInflight {
+                key,
+                pkid,
+                awaiting_pubcomp,
+            } => {
+                let p = pkid.to_be_bytes();
+                inflight.insert(
+                    key.as_slice(),
+                    [p[0], p[1], *awaiting_pubcomp as u8].as_slice(),
+                )?;
+            }
+            Op::DeleteMessage { key } => {
+                messages.remove(key.as_slice())?;
+                inflight.remove(key.as_slice())?;
+            }
+            Op::PutRetained { topic, value } => {
+                retained.insert(topic.as_ref(), value.as_slice())?;
+            }
+            Op::DeleteRetained { topic } => {
+                retained.remove(topic.as_ref())?;
+            }
+            Op::PutSession { client, value } => {
+                sessions.insert(client.as_slice(), value.as_slice())?;
+            }
+            Op::DeleteSession { client } => {
+                sessions.remove(client.as_slice())?;
+                let c = std::str::from_utf8(client).unwrap_or_default();
+                let (lo, hi) = client_range(c);
+                messages.retain_in(lo.as_slice()..hi.as_slice(), |_, _| false)?;
+                inflight.retain_in(lo.as_slice()..hi.as_slice(), |_, _| false)?;
+                incoming.retain_in(lo.as_slice()..hi.as_slice(), |_, _| false)?;
+            }
+            Op::AddIncoming { key } => {
+                incoming.insert(key.as_slice(), [].as_slice())?;
+            }
+            Op::RemoveIncoming { key } => {
+                incoming.remove(key.as_slice())?;
+            }
+            Op::Shutdown => {}
+        }
+    }
+    let mut meta = w.open_table(META)?;
+    meta.insert("next_seq", *next_seq_seen)?;
+    Ok(())
+}
+
+fn writer_loop(
+    db: Arc<Database>,
+    rx: Receiver<(u64, Op)>,
+    policy: FsyncPolicy,
+    committed: Arc<AtomicU64>,
+    notify: Arc<Notify>,
+    healthy: Arc<AtomicBool>,
+    errors: Arc<AtomicU64>,
+) {
+    let mut last_sync = Instant::now();
+    let mut unsynced = false;
+    let mut next_seq_seen = 1u64;
+    let mut batch: Vec<(u64, Op)> = Vec::new();
+    let tick = match policy {
+        FsyncPolicy::Interval(d) => d,
+        _ => Duration::from_secs(3600),
+    };
+    loop {
+        let first = match rx.recv_timeout(tick) {
+            Ok(op) => Some(op),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let mut shutdown = false;
+        if let Some(op) = first {
+            batch.push(op);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            shutdown = batch.iter().any(|(_, op)| matches!(op, Op::Shutdown));
+        }
+        let sync = match policy {
+            FsyncPolicy::Always => true,
+            FsyncPolicy::Interval(d) => shutdown || last_sync.elapsed() >= d,
+            FsyncPolicy::Never => shutdown,
+        };
+        if batch.is_empty() && !(sync && unsynced) {
+            continue;
+        }
+        let result = (|| -> Result<(), redb::Error> {
+            let mut w = db.begin_write()?;
+            w.set_durability(if sync {
+                Durability::Immediate
+            } else {
+                Durability::None
+            })
+            .map_err(|e| {
+                redb::Error::from(redb::StorageError::Io(std::io::Error::other(e.to_string())))
+            })?;
+            apply(&w, &batch, &mut next_seq_seen)?;
+            w.commit()?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                if let Some(last) = batch
+                    .iter()
+                    .map(|(t, _)| *t)
+                    .filter(|t| *t != u64::MAX)
+                    .max()
+                {
+                    committed.fetch_max(last, SeqCst);
+                }
+                if sync {
+                    last_sync = Instant::now();
+                    unsynced = false;
+                } else {
+                    unsynced = true;
+                }
+                if !healthy.swap(true, Relaxed) {
+                    info!("Storage writes succeed again.");
+                }
+            }
+            Err(e) => {
+                errors.fetch_add(1, Relaxed);
+                if healthy.swap(false, Relaxed) {
+                    error!("Storage commit failed ({e}); refusing new persistent QoS 1/2 messages until writes succeed.");
+                }
+                // Retried with the next batch: the operations stay queued.
+                std::thread::sleep(Duration::from_millis(100));
+                notify.notify_waiters();
+                if shutdown {
+                    return;
+                }
+                continue;
+            }
+        }
+        batch.clear();
+        notify.notify_waiters();
+        if shutdown {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("roostd-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn records_round_trip_and_messages_load_lazily_in_order() {
+        let d = dir("roundtrip");
+        {
+            let s = Store::open(&d, FsyncPolicy::Always).unwrap();
+            s.put_session("dev1", &[("a/#".into(), 1)], true);
+            for i in 0..5u64 {
+                let seq = s.next_seq();
+                s.put_message("dev1", seq, 1, b"a/b", format!("m{i}").as_bytes());
+                if i == 0 {
+                    s.set_inflight("dev1", seq, 7, false);
+                }
+                if i == 1 {
+                    s.delete_message("dev1", seq);
+                }
+            }
+            s.add_incoming("dev1", 42);
+            s.put_retained(&Bytes::from_static(b"r/1"), 1, b"kept");
+            s.put_retained(&Bytes::from_static(b"r/2"), 0, b"gone");
+            s.delete_retained(&Bytes::from_static(b"r/2"));
+            s.flush_blocking();
+        }
+        let s = Store::open(&d, FsyncPolicy::Always).unwrap();
+        let rec = s.recover().unwrap();
+        assert_eq!(rec.dropped_records, 0);
+        assert_eq!(rec.retained.len(), 1);
+        assert_eq!(&rec.retained[0].2[..], b"kept");
+        assert_eq!(rec.sessions.len(), 1);
+        let sess = &rec.sessions[0];
+        assert_eq!(sess.subscriptions, vec![("a/#".to_string(), 1)]);
+        assert_eq!(sess.incoming_qos2, vec![42]);
+        assert_eq!(sess.stored_messages, 4);
+        let msgs = s.load_messages("dev1", u64::MAX).unwrap();
+        let payloads: Vec<&[u8]> = msgs.iter().map(|m| &m.payload[..]).collect();
+        assert_eq!(payloads, vec![&b"m0"[..], b"m2", b"m3", b"m4"]);
+        assert_eq!(msgs[0].inflight, Some((7, false)));
+        // Sequence numbers continue after a restart.
+        assert!(s.next_seq() > msgs[3].seq);
+        s.delete_session("dev1");
+        s.flush_blocking();
+        assert!(s.load_messages("dev1", u64::MAX).unwrap().is_empty());
+        assert!(s.recover().unwrap().sessions.is_empty());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_garbage_file_stops_startup_with_its_name() {
+        let d = dir("garbage");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("roostd.redb"), vec![0x5au8; 8192]).unwrap();
+        let e = Store::open(&d, FsyncPolicy::Always)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("roostd.redb"), "{e}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn corrupt_records_are_dropped_and_reported() {
+        let d = dir("corrupt");
+        {
+            let s = Store::open(&d, FsyncPolicy::Always).unwrap();
+            s.put_session("ok", &[("x".into(), 0)], true);
+            s.send(Op::PutSession {
+                client: b"bad".to_vec(),
+                value: vec![9, 9, 9],
+            });
+            s.flush_blocking();
+        }
+        let s = Store::open(&d, FsyncPolicy::Always).unwrap();
+        let rec = s.recover().unwrap();
+        assert_eq!(rec.sessions.len(), 1);
+        assert_eq!(rec.dropped_records, 1);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
