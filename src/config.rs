@@ -200,9 +200,9 @@ pub struct Config {
     /// Directory of the database (created if missing). Default "roostd-data", relative to
     /// the working directory.
     pub persistence_location: PathBuf,
-    /// When commits reach the disk: "always" (acknowledgements wait for the fsync, shared by
+        /// When commits reach the disk: "always" (acknowledgements wait for the fsync, shared by
     /// all clients: group commit), "interval" (an fsync every fsync_interval ms) or "never"
-    /// (the OS decides; a clean shutdown fsyncs). Default "interval".
+    /// (a checkpoint every 60 s and at clean shutdown). Default "interval".
     pub fsync: FsyncMode,
     /// Milliseconds between fsyncs with fsync = "interval". Default 1000.
     pub fsync_interval: u64,

@@ -444,6 +444,7 @@ impl Router {
             g.inflight_messages += st.inflight.len() as u64;
             g.max_client_queue = g.max_client_queue.max(st.queue.len() as u64);
         }
+                g.storage_errors = self.store.as_ref().map_or(0, |s| s.errors.load(Ordering::Relaxed));
         g.subscriptions = self.subscription_count() as u64;
         g.retained_messages = self.retained_count() as u64;
         g

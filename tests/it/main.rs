@@ -19,3 +19,4 @@ mod auth;
 mod backpressure;
 mod observability;
 mod tls;
+mod persistence;
