@@ -200,7 +200,7 @@ pub struct Config {
     /// Directory of the database (created if missing). Default "roostd-data", relative to
     /// the working directory.
     pub persistence_location: PathBuf,
-        /// When commits reach the disk: "always" (acknowledgements wait for the fsync, shared by
+    /// When commits reach the disk: "always" (acknowledgements wait for the fsync, shared by
     /// all clients: group commit), "interval" (an fsync every fsync_interval ms) or "never"
     /// (a checkpoint every 60 s and at clean shutdown). Default "interval".
     pub fsync: FsyncMode,

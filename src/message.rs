@@ -41,3 +41,12 @@ pub fn min_qos(a: QoS, b: QoS) -> QoS {
         b
     }
 }
+
+/// QoS from a stored byte (validated 0..=2 when read; anything larger reads as 2).
+pub fn qos_from_stored(q: u8) -> QoS {
+    match q {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}

@@ -85,7 +85,7 @@ pub struct Gauges {
     pub inflight_messages: u64,
     pub subscriptions: u64,
     pub retained_messages: u64,
-        /// Deepest single client queue.
+    /// Deepest single client queue.
     pub max_client_queue: u64,
     /// Failed storage commits.
     pub storage_errors: u64,
@@ -120,7 +120,7 @@ struct Handles {
     inflight: Gauge,
     subscriptions: Gauge,
     retained: Gauge,
-        max_client_queue: Gauge,
+    max_client_queue: Gauge,
     storage_errors: Counter,
     uptime: Gauge,
     resident_memory: Gauge,
@@ -203,7 +203,7 @@ impl Metrics {
                 inflight: gauge!("roostd_inflight_messages"),
                 subscriptions: gauge!("roostd_subscriptions"),
                 retained: gauge!("roostd_retained_messages"),
-                                max_client_queue: gauge!("roostd_client_queue_max_messages"),
+                max_client_queue: gauge!("roostd_client_queue_max_messages"),
                 storage_errors: counter!("roostd_storage_errors_total"),
                 uptime: gauge!("roostd_uptime_seconds"),
                 resident_memory: gauge!("process_resident_memory_bytes"),
@@ -284,7 +284,7 @@ impl Metrics {
         h.inflight.set(gauges.inflight_messages as f64);
         h.subscriptions.set(gauges.subscriptions as f64);
         h.retained.set(gauges.retained_messages as f64);
-                h.max_client_queue.set(gauges.max_client_queue as f64);
+        h.max_client_queue.set(gauges.max_client_queue as f64);
         h.storage_errors.absolute(gauges.storage_errors);
         h.uptime.set(self.uptime().as_secs_f64());
         let p = process_figures();
@@ -370,8 +370,14 @@ fn describe() {
         "Subscriptions (filter, session pairs)."
     );
     describe_gauge!("roostd_retained_messages", "Retained messages.");
-        describe_gauge!("roostd_client_queue_max_messages", "Deepest queue of any single client.");
-    describe_counter!("roostd_storage_errors_total", "Failed storage commits (persistence).");
+    describe_gauge!(
+        "roostd_client_queue_max_messages",
+        "Deepest queue of any single client."
+    );
+    describe_counter!(
+        "roostd_storage_errors_total",
+        "Failed storage commits (persistence)."
+    );
     describe_gauge!(
         "roostd_uptime_seconds",
         Unit::Seconds,

@@ -16,7 +16,7 @@ use parking_lot::RwLock;
 use tokio::time::Instant;
 
 use crate::auth::live::AuthState;
-use crate::message::{min_qos, Publication};
+use crate::message::{min_qos, qos_from_stored, Publication};
 use crate::metrics::{Gauges, Metrics};
 use crate::retained::RetainedStore;
 use crate::session::{Attachment, DropReason, Queued, Session, SessionLimits};
@@ -354,11 +354,7 @@ impl Router {
         {
             let mut retained = self.retained.write();
             for (topic, qos, payload) in recovered.retained {
-                let qos = match qos {
-                    0 => QoS::AtMostOnce,
-                    1 => QoS::AtLeastOnce,
-                    _ => QoS::ExactlyOnce,
-                };
+                let qos = qos_from_stored(qos);
                 retained.set(Arc::new(Publication {
                     topic,
                     payload,
@@ -386,11 +382,7 @@ impl Router {
                 }
                 let mut trie = self.trie.write();
                 for (filter, q) in &stored.subscriptions {
-                    let qos = match q {
-                        0 => QoS::AtMostOnce,
-                        1 => QoS::AtLeastOnce,
-                        _ => QoS::ExactlyOnce,
-                    };
+                    let qos = qos_from_stored(*q);
                     st.subscriptions.insert(filter.as_str().into(), qos);
                     trie.insert(filter, session.id, (session.clone(), qos));
                 }
@@ -444,7 +436,10 @@ impl Router {
             g.inflight_messages += st.inflight.len() as u64;
             g.max_client_queue = g.max_client_queue.max(st.queue.len() as u64);
         }
-                g.storage_errors = self.store.as_ref().map_or(0, |s| s.errors.load(Ordering::Relaxed));
+        g.storage_errors = self
+            .store
+            .as_ref()
+            .map_or(0, |s| s.errors.load(Ordering::Relaxed));
         g.subscriptions = self.subscription_count() as u64;
         g.retained_messages = self.retained_count() as u64;
         g

@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::message::Publication;
+use crate::message::{qos_from_stored, Publication};
 use crate::storage::Store;
 
 /// Per-session limits, from the config.
@@ -398,11 +398,7 @@ impl SessionState {
     pub fn restore(&mut self, loaded: Vec<crate::storage::StoredMessage>) {
         let mut front = Vec::new();
         for m in loaded {
-            let qos = match m.qos {
-                0 => QoS::AtMostOnce,
-                1 => QoS::AtLeastOnce,
-                _ => QoS::ExactlyOnce,
-            };
+            let qos = qos_from_stored(m.qos);
             let item = Queued {
                 msg: Arc::new(Publication {
                     topic: m.topic,

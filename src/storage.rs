@@ -62,7 +62,7 @@ pub enum FsyncPolicy {
     Always,
     /// An fsync at least every interval; a crash loses at most the last interval.
     Interval(Duration),
-        /// No fsync on the way; a checkpoint every 60 s and at clean shutdown.
+    /// No fsync on the way; a checkpoint every 60 s and at clean shutdown.
     Never,
 }
 
@@ -662,7 +662,7 @@ fn writer_loop(
     let mut unsynced = false;
     let mut next_seq_seen = 1u64;
     let mut batch: Vec<(u64, Op)> = Vec::new();
-        let tick = match policy {
+    let tick = match policy {
         FsyncPolicy::Interval(d) => d,
         FsyncPolicy::Never => NEVER_CHECKPOINT,
         FsyncPolicy::Always => Duration::from_secs(3600),
@@ -687,7 +687,7 @@ fn writer_loop(
         let sync = match policy {
             FsyncPolicy::Always => true,
             FsyncPolicy::Interval(d) => shutdown || last_sync.elapsed() >= d,
-                        FsyncPolicy::Never => shutdown || last_sync.elapsed() >= NEVER_CHECKPOINT,
+            FsyncPolicy::Never => shutdown || last_sync.elapsed() >= NEVER_CHECKPOINT,
         };
         if batch.is_empty() && !(sync && unsynced) {
             continue;

@@ -44,24 +44,7 @@ async fn broker(
         files.path("passwords"),
         files.path("acl")
     ));
-    let cfg = roostd::Config::from_toml_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    let b = roostd::Broker::bind(cfg).await.expect("bind");
-    let (addr, router, reload, shutdown) = (
-        b.local_addrs()[0],
-        b.router(),
-        b.reload_handle(),
-        b.shutdown_token(),
-    );
-    let handle = tokio::spawn(b.run());
-    (
-        TestBroker {
-            addr,
-            shutdown,
-            handle: Some(handle),
-        },
-        router,
-        reload,
-    )
+    start_from_toml(&text).await
 }
 
 const ACL: &str = "\
@@ -354,20 +337,9 @@ async fn acl_reload_applies_new_rules_and_refuses_a_broken_file() {
     );
 }
 
-fn on_path(name: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
-        .unwrap_or(false)
-}
-
 #[tokio::test]
 async fn password_file_written_by_mosquitto_passwd_is_accepted_by_roostd_and_mosquitto_pub() {
-    let need = ["mosquitto_passwd", "mosquitto_pub"];
-    if need.iter().any(|n| !on_path(n)) {
-        if std::env::var("ROOSTD_REQUIRE_INTEROP").as_deref() == Ok("1") {
-            panic!("{need:?} not found and ROOSTD_REQUIRE_INTEROP=1");
-        }
-        eprintln!("skipped: mosquitto_passwd not found");
+    if !interop_binaries(&["mosquitto_passwd", "mosquitto_pub"]) {
         return;
     }
     let files = Files::new("interop");

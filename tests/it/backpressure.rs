@@ -8,20 +8,7 @@ use std::time::Duration;
 use crate::common::*;
 
 async fn broker(extra: &str) -> (TestBroker, std::sync::Arc<roostd::router::Router>) {
-    let text = config_toml(extra);
-    let b = roostd::Broker::bind(roostd::Config::from_toml_str(&text).unwrap())
-        .await
-        .unwrap();
-    let router = b.router();
-    let (addr, shutdown) = (b.local_addrs()[0], b.shutdown_token());
-    (
-        TestBroker {
-            addr,
-            shutdown,
-            handle: Some(tokio::spawn(b.run())),
-        },
-        router,
-    )
+    start_broker_with_router(extra).await
 }
 
 fn dropped(router: &roostd::router::Router) -> u64 {

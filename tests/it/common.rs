@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -80,6 +81,64 @@ pub fn config_toml(extra_toml: &str) -> String {
     s.push('\n');
     s.push_str("[[listener]]\nport = 0\nbind_address = \"127.0.0.1\"\n");
     s
+}
+
+/// Starts a broker from complete TOML text; also returns its shared state (for counters and
+/// reports) and its reload handle (what SIGHUP triggers).
+pub async fn start_from_toml(
+    text: &str,
+) -> (
+    TestBroker,
+    Arc<roostd::router::Router>,
+    Arc<tokio::sync::Notify>,
+) {
+    let cfg = roostd::Config::from_toml_str(text)
+        .unwrap_or_else(|e| panic!("config rejected: {e}\n---\n{text}"));
+    let broker = roostd::Broker::bind(cfg).await.expect("Broker::bind");
+    let (addr, router, reload, shutdown) = (
+        broker.local_addrs()[0],
+        broker.router(),
+        broker.reload_handle(),
+        broker.shutdown_token(),
+    );
+    let handle = tokio::spawn(broker.run());
+    (
+        TestBroker {
+            addr,
+            shutdown,
+            handle: Some(handle),
+        },
+        router,
+        reload,
+    )
+}
+
+/// `start_broker` that also returns the broker's shared state.
+pub async fn start_broker_with_router(
+    extra_toml: &str,
+) -> (TestBroker, Arc<roostd::router::Router>) {
+    let (b, router, _) = start_from_toml(&config_toml(extra_toml)).await;
+    (b, router)
+}
+
+/// True when every named binary is on PATH. Otherwise prints "skipped: NAME not found"
+/// and returns false, or panics when ROOSTD_REQUIRE_INTEROP=1 (CI installs them).
+pub fn interop_binaries(names: &[&str]) -> bool {
+    let on_path = |name: &str| {
+        std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+            .unwrap_or(false)
+    };
+    match names.iter().find(|n| !on_path(n)) {
+        None => true,
+        Some(missing) => {
+            if std::env::var("ROOSTD_REQUIRE_INTEROP").as_deref() == Ok("1") {
+                panic!("{missing} not found and ROOSTD_REQUIRE_INTEROP=1");
+            }
+            println!("skipped: {missing} not found");
+            false
+        }
+    }
 }
 
 pub async fn start_broker(extra_toml: &str) -> TestBroker {

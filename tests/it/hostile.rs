@@ -290,17 +290,7 @@ async fn random_bytes_before_connect_do_not_hurt_the_broker() {
 /// burst must arrive; the slow subscriber's queue stays bounded.
 async fn flood(with_slow: bool) {
     const N: usize = 20_000;
-    let text = config_toml("max_queued_messages = 100");
-    let broker = roostd::Broker::bind(roostd::Config::from_toml_str(&text).unwrap())
-        .await
-        .unwrap();
-    let router = broker.router();
-    let (addr, shutdown) = (broker.local_addrs()[0], broker.shutdown_token());
-    let b = TestBroker {
-        addr,
-        shutdown,
-        handle: Some(tokio::spawn(broker.run())),
-    };
+    let (b, router) = start_broker_with_router("max_queued_messages = 100").await;
 
     // Subscriber that never reads, with a tiny receive buffer.
     let sock = TcpSocket::new_v4().unwrap();

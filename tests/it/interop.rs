@@ -19,23 +19,10 @@ use crate::common::*;
 
 const PROC_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn on_path(name: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
-        .unwrap_or(false)
-}
-
 /// True when the clients exist; otherwise prints the skip notice (or
 /// panics when ROOSTD_REQUIRE_INTEROP=1).
 fn have_mosquitto_clients() -> bool {
-    if on_path("mosquitto_pub") && on_path("mosquitto_sub") {
-        return true;
-    }
-    if std::env::var("ROOSTD_REQUIRE_INTEROP").as_deref() == Ok("1") {
-        panic!("mosquitto_pub/mosquitto_sub not found and ROOSTD_REQUIRE_INTEROP=1");
-    }
-    println!("skipped: mosquitto_pub not found");
-    false
+    interop_binaries(&["mosquitto_pub", "mosquitto_sub"])
 }
 
 fn base(bin: &str, b: &TestBroker, args: &[&str]) -> Command {

@@ -18,5 +18,5 @@ mod will;
 mod auth;
 mod backpressure;
 mod observability;
-mod tls;
 mod persistence;
+mod tls;

@@ -320,14 +320,7 @@ fn collect_exprs(v: &serde_json::Value, out: &mut Vec<String>) {
 #[tokio::test]
 async fn a_real_prometheus_scrapes_the_broker() {
     let prom = "prometheus";
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(prom).is_file()))
-        .unwrap_or(false);
-    if !found {
-        if std::env::var("ROOSTD_REQUIRE_INTEROP").as_deref() == Ok("1") {
-            panic!("prometheus not found and ROOSTD_REQUIRE_INTEROP=1");
-        }
-        eprintln!("skipped: prometheus not found");
+    if !interop_binaries(&[prom]) {
         return;
     }
     let (b, metrics) = broker_with_metrics("").await;

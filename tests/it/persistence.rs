@@ -20,7 +20,10 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 async fn start(dir: &Path) -> TestBroker {
-    start_broker(&format!("persistence = true\npersistence_location = {dir:?}\nfsync = \"always\"")).await
+    start_broker(&format!(
+        "persistence = true\npersistence_location = {dir:?}\nfsync = \"always\""
+    ))
+    .await
 }
 
 async fn offline_subscriber(addr: SocketAddr, id: &str, filter: &str, qos: u8) {
@@ -33,7 +36,8 @@ async fn offline_subscriber(addr: SocketAddr, id: &str, filter: &str, qos: u8) {
 
 async fn publish_acked(p: &mut Raw, topic: &str, payload: &[u8], retain: bool) {
     let pid = p.next_pid();
-    p.send(&publish(topic, payload, 1, retain, false, pid)).await;
+    p.send(&publish(topic, payload, 1, retain, false, pid))
+        .await;
     assert_eq!(p.expect_kind(PUBACK).await.ack_pid(), pid);
 }
 
@@ -100,14 +104,21 @@ async fn inbound_qos2_state_survives_so_a_resent_publish_is_not_delivered_twice(
     assert_eq!(p.expect_kind(PUBREC).await.ack_pid(), 7);
     p.send(&pubrel(7)).await;
     assert_eq!(p.expect_kind(PUBCOMP).await.ack_pid(), 7);
-    p.send(&publish("q2/marker", b"m", 1, false, false, 8)).await;
+    p.send(&publish("q2/marker", b"m", 1, false, false, 8))
+        .await;
     p.expect_kind(PUBACK).await;
     let (mut sub, present) = Raw::connect_ok(b.addr, &Connect::new("q2-sub").clean(false)).await;
     assert!(present);
     let first = sub.recv_publish_ack().await;
-    assert_eq!((first.topic.as_str(), first.payload.as_slice()), ("q2/t", &b"once"[..]));
+    assert_eq!(
+        (first.topic.as_str(), first.payload.as_slice()),
+        ("q2/t", &b"once"[..])
+    );
     let second = sub.recv_publish_ack().await;
-    assert_eq!(second.topic, "q2/marker", "the re-sent QoS 2 message was delivered twice");
+    assert_eq!(
+        second.topic, "q2/marker",
+        "the re-sent QoS 2 message was delivered twice"
+    );
     drop((p, sub));
     b.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
@@ -136,7 +147,10 @@ async fn outgoing_qos2_in_flight_is_resent_with_its_packet_id_after_a_restart() 
     assert!(present);
     // [MQTT-4.4.0-1] re-sent with DUP and the same packet id.
     let again = sub.recv_publish().await;
-    assert_eq!((again.pid, again.dup, again.payload.as_slice()), (Some(pid), true, &b"x"[..]));
+    assert_eq!(
+        (again.pid, again.dup, again.payload.as_slice()),
+        (Some(pid), true, &b"x"[..])
+    );
     sub.ack_publish(&again).await;
     drop(sub);
     b.stop().await.unwrap();
@@ -188,7 +202,8 @@ impl ChildBroker {
                 }
             }
         });
-        rx.recv_timeout(Duration::from_secs(30)).expect("roostd did not start listening");
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("roostd did not start listening");
         ChildBroker {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
@@ -214,7 +229,11 @@ impl Drop for ChildBroker {
 async fn nothing_acknowledged_is_lost_when_the_broker_is_killed() {
     let dir = tmp("crash");
     std::fs::create_dir_all(&dir).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let config = dir.join("roostd.toml");
     std::fs::write(
         &config,
@@ -237,7 +256,13 @@ async fn nothing_acknowledged_is_lost_when_the_broker_is_killed() {
     loop {
         while next <= 5000 && (next as usize) - acked.len() <= 50 {
             let payload = (next as u32).to_be_bytes();
-            if publ.io.get_mut().write_all(&publish("crash/t", &payload, 1, false, false, next)).await.is_err() {
+            if publ
+                .io
+                .get_mut()
+                .write_all(&publish("crash/t", &payload, 1, false, false, next))
+                .await
+                .is_err()
+            {
                 break;
             }
             next += 1;
@@ -255,12 +280,17 @@ async fn nothing_acknowledged_is_lost_when_the_broker_is_killed() {
             break;
         }
     }
-    assert!(killed, "the broker was not killed under load (only {} acks)", acked.len());
+    assert!(
+        killed,
+        "the broker was not killed under load (only {} acks)",
+        acked.len()
+    );
     eprintln!("crash test: {} acknowledged before the kill", acked.len());
     drop(publ);
 
     let broker = ChildBroker::start(&config, port);
-    let (mut sub, present) = Raw::connect_ok(broker.addr, &Connect::new("crash-sub").clean(false)).await;
+    let (mut sub, present) =
+        Raw::connect_ok(broker.addr, &Connect::new("crash-sub").clean(false)).await;
     assert!(present, "the persistent session was lost in the crash");
     let mut received = Vec::new();
     loop {
@@ -275,8 +305,15 @@ async fn nothing_acknowledged_is_lost_when_the_broker_is_killed() {
         }
     }
     // In order (at least once: a repeat of the previous message is allowed).
-    assert!(received.windows(2).all(|w| w[1] >= w[0]), "messages out of order after the crash");
-    let missing: Vec<u32> = acked.iter().filter(|s| !received.contains(s)).copied().collect();
+    assert!(
+        received.windows(2).all(|w| w[1] >= w[0]),
+        "messages out of order after the crash"
+    );
+    let missing: Vec<u32> = acked
+        .iter()
+        .filter(|s| !received.contains(s))
+        .copied()
+        .collect();
     assert!(
         missing.is_empty(),
         "{} acknowledged message(s) lost in the crash (first: {:?}); acked {}, received {}",

@@ -116,22 +116,7 @@ async fn start_tls_broker(
     Arc<tokio::sync::Notify>,
 ) {
     let text = format!("metrics_port = 0\npersistence = false\n{global}\n{listener_toml}");
-    let cfg = roostd::Config::from_toml_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    let broker = roostd::Broker::bind(cfg).await.expect("bind");
-    let addr = broker.local_addrs()[0];
-    let router = broker.router();
-    let reload = broker.reload_handle();
-    let shutdown = broker.shutdown_token();
-    let handle = tokio::spawn(broker.run());
-    (
-        TestBroker {
-            addr,
-            shutdown,
-            handle: Some(handle),
-        },
-        router,
-        reload,
-    )
+    start_from_toml(&text).await
 }
 
 async fn tls_connect(
@@ -514,7 +499,7 @@ async fn startup_fails_clearly_on_missing_mismatched_or_expired_files() {
 
 #[tokio::test]
 async fn mosquitto_clients_work_over_tls_with_cafile_and_client_certificates() {
-    if !have_binary("mosquitto_pub") || !have_binary("mosquitto_sub") {
+    if !interop_binaries(&["mosquitto_pub", "mosquitto_sub"]) {
         return;
     }
     let pki = Pki::new("interop");
@@ -582,18 +567,4 @@ async fn mosquitto_clients_work_over_tls_with_cafile_and_client_certificates() {
     ])
     .await;
     assert_eq!(out.trim(), "tls/interop hello tls");
-}
-
-/// True if `name` is on PATH. Missing: prints "skipped" (or panics with ROOSTD_REQUIRE_INTEROP=1).
-fn have_binary(name: &str) -> bool {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
-        .unwrap_or(false);
-    if !found {
-        if std::env::var("ROOSTD_REQUIRE_INTEROP").as_deref() == Ok("1") {
-            panic!("{name} not found and ROOSTD_REQUIRE_INTEROP=1");
-        }
-        eprintln!("skipped: {name} not found");
-    }
-    found
 }
