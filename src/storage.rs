@@ -32,6 +32,9 @@ const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sessions")
 const RETAINED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("retained");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
+/// redb's page cache.
+const STORE_CACHE_BYTES: usize = 16 * 1024 * 1024;
+
 /// Most operations applied in one transaction.
 const MAX_BATCH: usize = 16_384;
 
@@ -260,6 +263,9 @@ impl Store {
         })?;
         let path = dir.join("roostd.redb");
         let mut builder = Database::builder();
+        // redb caches the pages it reads; a bound keeps a restart with millions of stored
+        // messages (whose keys are scanned to count them) from growing the broker's memory.
+        builder.set_cache_size(STORE_CACHE_BYTES);
         builder.set_repair_callback(|_| {
             warn!("The database was not closed cleanly (crash or power loss): repairing it.");
         });
