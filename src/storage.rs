@@ -142,7 +142,8 @@ pub struct Recovered {
 /// Handle to the durable store.
 pub struct Store {
     path: PathBuf,
-    db: Arc<Database>,
+    /// The database; taken on close so that its file lock is released.
+    db: Mutex<Option<Arc<Database>>>,
     tx: Mutex<Option<Sender<(u64, Op)>>>,
     /// Last ticket issued to an operation.
     issued: AtomicU64,
@@ -318,7 +319,7 @@ impl Store {
         info!("Persistence in {} (fsync {policy:?}).", path.display());
         Ok(Store {
             path,
-            db,
+            db: Mutex::new(Some(db)),
             tx: Mutex::new(Some(tx)),
             issued: AtomicU64::new(0),
             committed,
@@ -454,7 +455,12 @@ impl Store {
             path: self.path.clone(),
             detail: e.to_string(),
         };
-        let r = self.db.begin_read().map_err(|e| err(&e))?;
+        let db = self
+            .db
+            .lock()
+            .clone()
+            .ok_or_else(|| err(&"the store is closed"))?;
+        let r = db.begin_read().map_err(|e| err(&e))?;
         let mut out = Recovered::default();
         let retained = r.open_table(RETAINED).map_err(|e| err(&e))?;
         for item in retained.iter().map_err(|e| err(&e))? {
@@ -533,7 +539,12 @@ impl Store {
             path: self.path.clone(),
             detail: e.to_string(),
         };
-        let r = self.db.begin_read().map_err(|e| err(&e))?;
+        let db = self
+            .db
+            .lock()
+            .clone()
+            .ok_or_else(|| err(&"the store is closed"))?;
+        let r = db.begin_read().map_err(|e| err(&e))?;
         let messages = r.open_table(MESSAGES).map_err(|e| err(&e))?;
         let inflight = r.open_table(INFLIGHT).map_err(|e| err(&e))?;
         let (lo, hi) = client_range(client);
@@ -579,6 +590,7 @@ impl Store {
         if let Some(w) = self.writer.lock().take() {
             let _ = w.join();
         }
+        self.db.lock().take();
     }
 }
 

@@ -325,3 +325,32 @@ async fn nothing_acknowledged_is_lost_when_the_broker_is_killed() {
     drop(broker);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn an_expired_persistent_session_is_removed_from_disk() {
+    let dir = tmp("expiry");
+    let (b, router) = start_broker_with_router(&format!(
+        "persistence = true\npersistence_location = {dir:?}\nfsync = \"always\"\npersistent_client_expiration = \"1s\""
+    ))
+    .await;
+    offline_subscriber(b.addr, "short-lived", "e/#", 1).await;
+    let mut p = Raw::client(b.addr, "e-pub").await;
+    publish_acked(&mut p, "e/t", b"queued", false).await;
+    drop(p);
+    // The expiry check runs every second; wait (bounded) until only nothing is left.
+    let mut expired = false;
+    for _ in 0..100 {
+        if router.session_count() == 0 {
+            expired = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(expired, "the session did not expire within 5 s");
+    b.stop().await.unwrap();
+    let b = start(&dir).await;
+    let (_c, present) = Raw::connect_ok(b.addr, &Connect::new("short-lived").clean(false)).await;
+    assert!(!present, "an expired session came back from disk");
+    b.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
