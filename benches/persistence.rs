@@ -9,6 +9,7 @@
 //! 2. Restart with N queued messages: fill an offline persistent session, stop the broker,
 //!    then time `Broker::bind` (recovery) and measure process RSS before and after it, and
 //!    the time until the returning client gets its first message.
+//!
 //! Brokers run in this process on 127.0.0.1:0; nothing else is contacted.
 
 use std::net::SocketAddr;

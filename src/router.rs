@@ -276,7 +276,9 @@ impl Router {
         publisher: Option<u64>,
     ) -> PublishOutcome {
         if msg.retain {
-            if let Some(store) = &self.store {
+            // $SYS values are the broker's own and regenerated at startup: not stored.
+            let sys = msg.topic.starts_with(b"$SYS/");
+            if let (Some(store), false) = (&self.store, sys) {
                 if msg.payload.is_empty() {
                     store.delete_retained(&msg.topic);
                 } else {
