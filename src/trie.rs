@@ -17,9 +17,89 @@ struct Node<V> {
     /// The `+` child.
     plus: Option<Box<Node<V>>>,
     /// Filters ending at this node.
-    exact: Vec<Entry<V>>,
+    exact: Subscribers<V>,
     /// Filters ending in `/#` below this node (or `#` at the root).
-    multi: Vec<Entry<V>>,
+    multi: Subscribers<V>,
+}
+
+/// Lists this long get an id -> position index, so that many sessions subscribing to one
+/// filter cost O(1) each instead of a scan (O(N^2) in total).
+const INDEX_ABOVE: usize = 16;
+
+/// The subscribers of one filter: a Vec to iterate when matching, plus an index once long.
+#[derive(Debug)]
+struct Subscribers<V> {
+    entries: Vec<Entry<V>>,
+    index: Option<HashMap<u64, usize>>,
+}
+
+impl<V> Default for Subscribers<V> {
+    fn default() -> Self {
+        Subscribers {
+            entries: Vec::new(),
+            index: None,
+        }
+    }
+}
+
+impl<V> Subscribers<V> {
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn position(&self, id: u64) -> Option<usize> {
+        match &self.index {
+            Some(ix) => ix.get(&id).copied(),
+            None => self.entries.iter().position(|(i, _)| *i == id),
+        }
+    }
+
+    /// Adds or replaces `id`; true if it is new.
+    fn upsert(&mut self, id: u64, value: V) -> bool {
+        if let Some(p) = self.position(id) {
+            self.entries[p].1 = value;
+            return false;
+        }
+        self.entries.push((id, value));
+        let last = self.entries.len() - 1;
+        match &mut self.index {
+            Some(ix) => {
+                ix.insert(id, last);
+            }
+            None if self.entries.len() > INDEX_ABOVE => {
+                self.index = Some(
+                    self.entries
+                        .iter()
+                        .enumerate()
+                        .map(|(p, (i, _))| (*i, p))
+                        .collect(),
+                );
+            }
+            None => {}
+        }
+        true
+    }
+
+    /// Removes `id`; true if it was there.
+    fn remove(&mut self, id: u64) -> bool {
+        let Some(p) = self.position(id) else {
+            return false;
+        };
+        self.entries.swap_remove(p);
+        if let Some(ix) = &mut self.index {
+            ix.remove(&id);
+            if let Some((moved, _)) = self.entries.get(p) {
+                ix.insert(*moved, p);
+            }
+            if self.entries.len() < INDEX_ABOVE / 2 {
+                self.index = None;
+            }
+        }
+        if self.entries.is_empty() {
+            self.entries.shrink_to_fit();
+        }
+        true
+    }
 }
 
 impl<V> Default for Node<V> {
@@ -27,8 +107,8 @@ impl<V> Default for Node<V> {
         Node {
             children: HashMap::new(),
             plus: None,
-            exact: Vec::new(),
-            multi: Vec::new(),
+            exact: Subscribers::default(),
+            multi: Subscribers::default(),
         }
     }
 }
@@ -59,32 +139,6 @@ impl<V> Default for Trie<V> {
     }
 }
 
-fn upsert<V>(list: &mut Vec<Entry<V>>, id: u64, value: V) -> bool {
-    match list.iter_mut().find(|(i, _)| *i == id) {
-        Some(slot) => {
-            slot.1 = value;
-            false
-        }
-        None => {
-            list.push((id, value));
-            true
-        }
-    }
-}
-
-fn remove_from<V>(list: &mut Vec<Entry<V>>, id: u64) -> bool {
-    match list.iter().position(|(i, _)| *i == id) {
-        Some(pos) => {
-            list.swap_remove(pos);
-            if list.is_empty() {
-                list.shrink_to_fit();
-            }
-            true
-        }
-        None => false,
-    }
-}
-
 impl<V: Clone> Trie<V> {
     /// Number of (filter, subscriber) pairs.
     pub fn len(&self) -> usize {
@@ -102,7 +156,7 @@ impl<V: Clone> Trie<V> {
         let mut levels = filter.split('/').peekable();
         while let Some(level) = levels.next() {
             if level == "#" && levels.peek().is_none() {
-                let added = upsert(&mut node.multi, id, value);
+                let added = node.multi.upsert(id, value);
                 self.len += added as usize;
                 return added;
             }
@@ -112,7 +166,7 @@ impl<V: Clone> Trie<V> {
                 node.children.entry(level.as_bytes().into()).or_default()
             };
         }
-        let added = upsert(&mut node.exact, id, value);
+        let added = node.exact.upsert(id, value);
         self.len += added as usize;
         added
     }
@@ -127,8 +181,8 @@ impl<V: Clone> Trie<V> {
 
     fn remove_at(node: &mut Node<V>, levels: &[&str], id: u64) -> bool {
         match levels {
-            [] => remove_from(&mut node.exact, id),
-            ["#"] => remove_from(&mut node.multi, id),
+            [] => node.exact.remove(id),
+            ["#"] => node.multi.remove(id),
             [level, rest @ ..] => {
                 if *level == "+" {
                     let Some(child) = node.plus.as_deref_mut() else {
@@ -163,10 +217,10 @@ impl<V: Clone> Trie<V> {
 
     fn collect(node: &Node<V>, rest: Option<&[u8]>, skip_wildcards: bool, out: &mut Vec<Entry<V>>) {
         if !skip_wildcards {
-            out.extend(node.multi.iter().cloned());
+            out.extend(node.multi.entries.iter().cloned());
         }
         let Some(rest) = rest else {
-            out.extend(node.exact.iter().cloned());
+            out.extend(node.exact.entries.iter().cloned());
             return;
         };
         let (level, next) = match rest.iter().position(|&b| b == b'/') {
@@ -225,6 +279,25 @@ mod tests {
         assert!(t.remove("a/#", 1));
         assert!(t.is_empty());
         assert!(t.root.is_empty());
+    }
+
+    #[test]
+    fn many_sessions_on_one_filter_stay_consistent() {
+        let mut t = Trie::default();
+        for id in 0..1000 {
+            assert!(t.insert("shared/+", id, ()));
+        }
+        assert!(!t.insert("shared/+", 500, ()));
+        for id in (0..1000).step_by(3) {
+            assert!(t.remove("shared/+", id));
+        }
+        assert!(!t.remove("shared/+", 0));
+        let expected: Vec<u64> = (0..1000).filter(|i| i % 3 != 0).collect();
+        assert_eq!(matched(&t, "shared/x"), expected);
+        for id in 0..1000 {
+            t.remove("shared/+", id);
+        }
+        assert!(t.is_empty() && t.root.is_empty());
     }
 
     fn level() -> impl Strategy<Value = String> {
