@@ -170,6 +170,8 @@ start_broker() {
             conf="$OUT/roostd-$port.toml"
             cat > "$conf" <<EOF
 allow_anonymous = true
+# Like Mosquitto's "persistence false" below; clean-session clients write nothing anyway.
+persistence = false
 max_inflight_messages = $INFLIGHT
 $([[ $queue == big ]] && printf 'max_queued_messages = 100000000\nmax_queued_bytes = 17179869184')
 [[listener]]

@@ -232,12 +232,16 @@ where
     }
     conn.encode_pending();
 
+    // What is not needed while the connection lives is dropped first: every local still alive
+    // across the next await is part of this task's memory for the client's whole life.
+    let keep_alive = connect.keep_alive;
+    drop(connect);
     let reason = conn
         .run(
             &mut rd,
             &mut wr,
             &mut inbuf,
-            connect.keep_alive,
+            keep_alive,
             &cancel,
             &ctx.shutdown,
         )
@@ -490,8 +494,8 @@ impl Connection {
             if self.out.len() < WRITE_HIGH_WATER {
                 self.take_deliveries();
             }
-            // An empty buffer gets 64 bytes from read_buf (BytesMut grows by that much).
             self.release_acks();
+            // An empty buffer gets 64 bytes from read_buf (BytesMut grows by that much).
             let spare = (inbuf.capacity() - inbuf.len()).max(64);
             if let Some(s) = &self.congested {
                 if !s.state.lock().is_congested(self.router.limits()) {
@@ -508,7 +512,7 @@ impl Connection {
                     return if shutdown.is_cancelled() { CloseReason::Shutdown } else { CloseReason::TakenOver };
                 }
                 r = wr.write(&self.out), if !self.out.is_empty() => match r {
-                                        Ok(0) => return CloseReason::PeerClosed,
+                    Ok(0) => return CloseReason::PeerClosed,
                     Ok(n) => {
                         self.router.metrics().stats.bytes_sent.fetch_add(n as u64, Relaxed);
                         self.out.advance(n);
@@ -518,11 +522,11 @@ impl Connection {
                     }
                     Err(e) => return CloseReason::Io(e),
                 },
-                                _ = wait_for_space(self.congested.as_deref()), if self.congested.is_some() => {}
+                _ = wait_for_space(self.congested.as_deref()), if self.congested.is_some() => {}
                 _ = wait_for_commit(self.ack_store.as_deref()), if !self.deferred.is_empty() => {}
                 r = rd.read_buf(inbuf), if self.out.len() < WRITE_LIMIT && self.congested.is_none() => match r {
                     Ok(0) => return CloseReason::PeerClosed,
-                                        Ok(n) => {
+                    Ok(n) => {
                         self.router.metrics().stats.bytes_received.fetch_add(n as u64, Relaxed);
                         // Adapt the read size: a read that filled the buffer asks for more.
                         self.read_hint = if n >= spare {
@@ -551,7 +555,7 @@ impl Connection {
                     }
                     let deadline = last_packet + keepalive;
                     if Instant::now() >= deadline {
-                                                self.router.metrics().stats.keepalive_timeouts.fetch_add(1, Relaxed);
+                        self.router.metrics().stats.keepalive_timeouts.fetch_add(1, Relaxed);
                         return CloseReason::KeepaliveTimeout;
                     }
                     idle.as_mut().reset(deadline);

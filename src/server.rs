@@ -341,7 +341,9 @@ async fn accept_loop(
         tracker.spawn(async move {
             match tls {
                 None => connection::serve(socket, peer, ctx, CertUser::NotUsed).await,
-                Some(tls) => serve_tls(socket, peer, ctx, &tls, identity).await,
+                // Boxed: the TLS future (handshake state, rustls connection) is several KiB,
+                // and inline it would size every plain connection's task the same.
+                Some(tls) => Box::pin(serve_tls(socket, peer, ctx, &tls, identity)).await,
             }
             drop(permit);
         });
