@@ -303,8 +303,11 @@ impl Router {
         }
         // Read access is checked per delivery, so a wildcard never leaks a topic the
         // subscriber may not read (only when an ACL is configured).
-        let acl = self.auth.acl();
-        let topic = std::str::from_utf8(&msg.topic).unwrap_or_default();
+        // The topic was validated as UTF-8 when decoded; it is only needed as &str for the ACL.
+        let acl = self
+            .auth
+            .acl()
+            .map(|acl| (acl, std::str::from_utf8(&msg.topic).unwrap_or_default()));
         let mut congested = None;
         let mut outcome = PublishOutcome::default();
         for (_, (session, granted)) in matches.drain(..) {
@@ -317,7 +320,7 @@ impl Router {
             let result = {
                 let mut st = session.state.lock();
                 match &acl {
-                    Some(acl)
+                    Some((acl, topic))
                         if !acl.check_read(&session.client_id, st.username.as_deref(), topic) =>
                     {
                         Err(DropReason::NotAuthorized)
