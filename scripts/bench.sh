@@ -34,6 +34,8 @@ options:
   --qos1-queue Q       big (default): queues large enough that no broker drops QoS 1;
                        default: the brokers' default limits (Mosquitto then drops QoS 1 by design;
                        roostd pauses publishers instead: a loss there is a bug)
+  --roostd-queue Q     same (default): roostd gets the queues chosen above; default: roostd
+                       always runs with its own defaults (bounded queues + backpressure)
   --qos0-queue Q       default: QoS 0 runs use each broker's default queue limits;
                        big: the large queues of the QoS 1 runs (nothing dropped, memory grows)
   --brokers "LIST"     among roostd mosquitto rumqttd (default: roostd and mosquitto if present)
@@ -59,6 +61,7 @@ DRAIN=3
 INFLIGHT=20
 QOS0_QUEUE=default
 QOS1_QUEUE=big
+ROOSTD_QUEUE=same
 BROKERS=""
 WITH_RUMQTTD=0
 BROKER_CORE=0
@@ -82,6 +85,7 @@ while [[ $# -gt 0 ]]; do
         --inflight) INFLIGHT=$2; shift 2 ;;
         --qos0-queue) QOS0_QUEUE=$2; shift 2 ;;
         --qos1-queue) QOS1_QUEUE=$2; shift 2 ;;
+        --roostd-queue) ROOSTD_QUEUE=$2; shift 2 ;;
         --brokers) BROKERS=$2; shift 2 ;;
         --with-rumqttd) WITH_RUMQTTD=1; shift ;;
         --broker-core) BROKER_CORE=$2; shift 2 ;;
@@ -173,7 +177,7 @@ allow_anonymous = true
 # Like Mosquitto's "persistence false" below; clean-session clients write nothing anyway.
 persistence = false
 max_inflight_messages = $INFLIGHT
-$([[ $queue == big ]] && printf 'max_queued_messages = 100000000\nmax_queued_bytes = 17179869184')
+$([[ $queue == big && $ROOSTD_QUEUE != default ]] && printf 'max_queued_messages = 100000000\nmax_queued_bytes = 17179869184')
 [[listener]]
 port = $port
 bind_address = "127.0.0.1"
