@@ -52,6 +52,17 @@ fn main() {
             let fut = roostd::connection::serve(st, "127.0.0.1:1".parse().unwrap(), ctx, roostd::connection::CertUser::NotUsed);
             println!("serve future: {} bytes; Session: {} bytes; SessionState: {} bytes", std::mem::size_of_val(&fut), std::mem::size_of::<roostd::session::Session>(), std::mem::size_of::<roostd::session::SessionState>());
         }
+                {
+            let token = tokio_util::sync::CancellationToken::new();
+            let notify = tokio::sync::Notify::new();
+            println!(
+                "Sleep {} B, cancelled() {} B, notified() {} B, timeout(notified) {} B",
+                std::mem::size_of::<tokio::time::Sleep>(),
+                std::mem::size_of_val(&token.cancelled()),
+                std::mem::size_of_val(&notify.notified()),
+                std::mem::size_of_val(&tokio::time::timeout(std::time::Duration::from_secs(1), notify.notified()))
+            );
+        }
         let n = 2000;
         let mut conns = Vec::new();
         // warm up

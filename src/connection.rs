@@ -149,16 +149,24 @@ where
     let mut out = BytesMut::new();
     let verdict = match check_connect(&connect, &ctx.config) {
         Err(refusal) => Err(refusal),
-        Ok(()) => {
-            let auth = ctx.router.auth().clone();
-            let limit = Duration::from_secs(ctx.config.connect_timeout);
-            tokio::select! {
-                r = tokio::time::timeout(limit, authenticate(&connect, &ctx.config, &auth, &cert_user)) => {
-                    r.unwrap_or(Err(Refusal { code: 0x03, reason: "server unavailable: authentication took too long" }))
+        Ok(()) => match authenticate(&connect, &ctx.config, ctx.router.auth(), &cert_user) {
+            AuthStep::Decided(verdict) => verdict,
+            AuthStep::CheckPassword {
+                passwords,
+                username,
+                password,
+            } => {
+                let limit = Duration::from_secs(ctx.config.connect_timeout);
+                let check = check_password(ctx.router.auth(), passwords, username, password);
+                // Boxed: only password checks pay for this future, not every connection task.
+                tokio::select! {
+                    r = Box::pin(tokio::time::timeout(limit, check)) => {
+                        r.unwrap_or(Err(Refusal { code: 0x03, reason: "server unavailable: authentication took too long" }))
+                    }
+                    _ = ctx.shutdown.cancelled() => return,
                 }
-                _ = ctx.shutdown.cancelled() => return,
             }
-        }
+        },
     };
     if let Err(refusal) = verdict {
         stats.connections_refused.fetch_add(1, Relaxed);
@@ -328,60 +336,66 @@ fn check_connect(c: &Connect, config: &Config) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// What authentication needs: a decision now, or a password check against password_file.
+enum AuthStep {
+    Decided(Result<(), Refusal>),
+    CheckPassword {
+        passwords: Arc<crate::auth::PasswordFile>,
+        username: String,
+        password: bytes::Bytes,
+    },
+}
+
 /// Who may connect: a certificate identity (use_identity_as_username), else a user name and
-/// password checked against password_file (on a blocking thread, at most
-/// MAX_CONCURRENT_PASSWORD_CHECKS at once), else anonymous if allow_anonymous. Failures get
+/// password checked against password_file, else anonymous if allow_anonymous. Failures get
 /// CONNACK 0x05 "not authorised", as Mosquitto answers MQTT 3.1.1 clients.
-async fn authenticate(
-    c: &Connect,
-    config: &Config,
-    auth: &AuthState,
-    cert_user: &CertUser,
-) -> Result<(), Refusal> {
+fn authenticate(c: &Connect, config: &Config, auth: &AuthState, cert_user: &CertUser) -> AuthStep {
+    let refuse = |reason| AuthStep::Decided(Err(Refusal { code: 0x05, reason }));
     match cert_user {
-        CertUser::Identity(_) => return Ok(()),
+        CertUser::Identity(_) => return AuthStep::Decided(Ok(())),
         CertUser::Missing => {
-            return Err(Refusal {
-                code: 0x05,
-                reason: "not authorised: use_identity_as_username is set but the client sent no certificate identity",
-            })
+            return refuse("not authorised: use_identity_as_username is set but the client sent no certificate identity")
         }
         CertUser::NotUsed => {}
     }
     let Some(username) = &c.username else {
         return if config.anonymous_allowed() {
-            Ok(())
+            AuthStep::Decided(Ok(()))
         } else {
-            Err(Refusal {
-                code: 0x05,
-                reason:
-                    "not authorised: anonymous clients are not allowed (allow_anonymous = false)",
-            })
+            refuse("not authorised: anonymous clients are not allowed (allow_anonymous = false)")
         };
     };
-    let Some(passwords) = auth.passwords() else {
+    match auth.passwords() {
         // Without a password file user names are not checked (as Mosquitto).
-        return if config.anonymous_allowed() {
-            Ok(())
-        } else {
-            Err(Refusal {
-                code: 0x05,
-                reason:
-                    "not authorised: allow_anonymous is false and no password_file is configured",
-            })
-        };
-    };
+        None if config.anonymous_allowed() => AuthStep::Decided(Ok(())),
+        None => {
+            refuse("not authorised: allow_anonymous is false and no password_file is configured")
+        }
+        Some(passwords) => AuthStep::CheckPassword {
+            passwords,
+            username: username.clone(),
+            password: c.password.clone().unwrap_or_default(),
+        },
+    }
+}
+
+/// Verifies a password on a blocking thread (PBKDF2 is deliberately slow), at most
+/// MAX_CONCURRENT_PASSWORD_CHECKS at once so a flood of bad CONNECTs cannot starve anyone.
+async fn check_password(
+    auth: &AuthState,
+    passwords: Arc<crate::auth::PasswordFile>,
+    username: String,
+    password: bytes::Bytes,
+) -> Result<(), Refusal> {
     let Ok(permit) = auth.checks.clone().acquire_owned().await else {
         return Err(Refusal {
             code: 0x03,
             reason: "server unavailable: password checks are shut down",
         });
     };
-    let user = username.clone();
-    let password = c.password.clone().unwrap_or_default();
     let ok = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        passwords.verify(&user, &password)
+        passwords.verify(&username, &password)
     })
     .await
     .unwrap_or(false);
