@@ -425,18 +425,20 @@ async fn read_packet<R: AsyncRead + Unpin>(
     }
 }
 
-/// Resolves after the store's next commit, or after a short while (the caller re-checks).
+/// How often a connection re-checks a wait whose notification it may have missed.
+const RECHECK: Duration = Duration::from_millis(20);
+
+/// Resolves after the store's next commit (the idle timer covers a missed one).
 async fn wait_for_commit(store: Option<&Store>) {
     if let Some(s) = store {
-        let _ = tokio::time::timeout(Duration::from_millis(20), s.commit_notify.notified()).await;
+        s.commit_notify.notified().await;
     }
 }
 
-/// Resolves when `session` signals that its queue drained, or after a short while (the
-/// caller re-checks either way, so a missed notification costs at most that delay).
+/// Resolves when `session` signals that its queue drained (the idle timer covers a missed one).
 async fn wait_for_space(session: Option<&Session>) {
     if let Some(s) = session {
-        let _ = tokio::time::timeout(Duration::from_millis(20), s.space.notified()).await;
+        s.space.notified().await;
     }
 }
 
@@ -501,8 +503,12 @@ impl Connection {
         // [MQTT-3.1.2-24] one and a half times the keepalive; 0 disables it.
         let keepalive = Duration::from_millis(keep_alive as u64 * 1500);
         let mut last_packet = Instant::now();
+        // One timer for the keepalive and for re-checking what this connection waits on besides
+        // its socket (a congested subscriber, a commit): a timer per wait would make every
+        // connection's task bigger.
         let idle = tokio::time::sleep(keepalive);
         tokio::pin!(idle);
+        let mut recheck_armed = false;
         let limit = self.config.message_size_limit;
         // The client may have sent more packets right behind its CONNECT.
         if let Err(reason) = self.process_input(inbuf, limit, &mut last_packet) {
@@ -523,6 +529,15 @@ impl Connection {
                         return reason;
                     }
                 }
+            }
+            let waiting = self.congested.is_some() || !self.deferred.is_empty();
+            if waiting && !recheck_armed {
+                // Notifications can be missed between the check above and the wait below.
+                let soon = Instant::now() + RECHECK;
+                if keep_alive == 0 || soon < idle.deadline() {
+                    idle.as_mut().reset(soon);
+                }
+                recheck_armed = true;
             }
             tokio::select! {
                 biased;
@@ -566,17 +581,22 @@ impl Connection {
                     Err(e) => return CloseReason::Io(e),
                 },
                 _ = self.session.wake.notified() => {}
-                _ = &mut idle, if keep_alive > 0 => {
+                _ = &mut idle, if keep_alive > 0 || waiting => {
+                    recheck_armed = false;
                     if self.congested.is_some() {
                         // We are the ones not reading (backpressure): not the client's silence.
                         last_packet = Instant::now();
                     }
-                    let deadline = last_packet + keepalive;
-                    if Instant::now() >= deadline {
-                        self.router.metrics().stats.keepalive_timeouts.fetch_add(1, Relaxed);
-                        return CloseReason::KeepaliveTimeout;
+                    if keep_alive > 0 {
+                        let deadline = last_packet + keepalive;
+                        if Instant::now() >= deadline {
+                            self.router.metrics().stats.keepalive_timeouts.fetch_add(1, Relaxed);
+                            return CloseReason::KeepaliveTimeout;
+                        }
+                        idle.as_mut().reset(deadline);
+                    } else {
+                        idle.as_mut().reset(Instant::now() + Duration::from_secs(3600));
                     }
-                    idle.as_mut().reset(deadline);
                 }
             }
         }
