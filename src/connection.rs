@@ -218,18 +218,18 @@ where
             .unwrap_or_default()
     );
     codec::encode_connack(&mut out, attached.session_present, 0);
+    let attached_client_id = attached.session.client_id.clone();
 
     let mut conn = Connection {
         router: ctx.router.clone(),
         config: ctx.config.clone(),
         session: attached.session,
-        client_id,
+        client_id: attached_client_id,
         username,
-        will: connect.will.clone(),
+        will: connect.will.take().map(Box::new),
         out,
         pending: Vec::new(),
         matches: Vec::new(),
-        retained: Vec::new(),
         read_hint: READ_CHUNK,
         congested: None,
         ack_store: ctx.router.store().filter(|s| s.acks_wait()).cloned(),
@@ -462,18 +462,18 @@ struct Connection {
     router: Arc<Router>,
     config: Arc<Config>,
     session: Arc<Session>,
-    client_id: String,
+    /// The client id (shared with the session; assigned by the broker for an empty one).
+    client_id: Arc<str>,
     /// Authenticated user name (or certificate identity), for ACL checks.
     username: Option<Arc<str>>,
-    will: Option<Will>,
+    /// The last will, boxed: most clients have none, and this struct lives in the task.
+    will: Option<Box<Will>>,
     /// Bytes waiting to be written.
     out: BytesMut,
     /// Deliveries taken from the session, encoded outside its lock.
     pending: Vec<Outgoing>,
     /// Reused trie match buffer.
     matches: MatchBuffer,
-    /// Reused retained lookup buffer.
-    retained: Vec<Arc<Publication>>,
     /// Bytes to reserve for the next read (adaptive, READ_CHUNK..=READ_CHUNK_MAX).
     read_hint: usize,
     /// A subscriber whose full QoS 1/2 queue this client's messages are waiting on: reading
@@ -897,12 +897,13 @@ impl Connection {
         }
         // [MQTT-3.3.1-6] retained messages after the SUBACK, flagged retained [MQTT-3.3.1-8].
         for (filter, granted) in accepted {
-            self.router.retained_matching(&filter, &mut self.retained);
-            if self.retained.is_empty() {
+            let mut retained = Vec::new();
+            self.router.retained_matching(&filter, &mut retained);
+            if retained.is_empty() {
                 continue;
             }
             let mut st = self.session.state.lock();
-            for msg in self.retained.drain(..) {
+            for msg in retained {
                 if let Some(acl) = &acl {
                     let topic = std::str::from_utf8(&msg.topic).unwrap_or_default();
                     if !acl.check_read(&self.client_id, self.username.as_deref(), topic) {
