@@ -191,13 +191,12 @@ where
         connect.client_id.clone()
     };
     let username: Option<Arc<str>> = connect.username.as_deref().map(Arc::from);
-    let cancel = ctx.shutdown.child_token();
+
     let attached = ctx.router.connect(
         &client_id,
         connect.clean_session,
         Attachment {
             conn_id,
-            cancel: cancel.clone(),
             username: username.clone(),
         },
     );
@@ -254,7 +253,7 @@ where
             &mut wr,
             &mut inbuf,
             keep_alive,
-            &cancel,
+            conn_id,
             &ctx.shutdown,
         )
         .await;
@@ -493,7 +492,7 @@ impl Connection {
         wr: &mut W,
         inbuf: &mut BytesMut,
         keep_alive: u16,
-        cancel: &CancellationToken,
+        conn_id: u64,
         shutdown: &CancellationToken,
     ) -> CloseReason
     where
@@ -514,7 +513,19 @@ impl Connection {
         if let Err(reason) = self.process_input(inbuf, limit, &mut last_packet) {
             return reason;
         }
+        let session = self.session.clone();
         loop {
+            // Registered before the check below, so a takeover's notify_waiters is not missed.
+            let wake = session.wake.notified();
+            tokio::pin!(wake);
+            wake.as_mut().enable();
+            if session
+                .attached_conn
+                .load(std::sync::atomic::Ordering::Acquire)
+                != conn_id
+            {
+                return CloseReason::TakenOver;
+            }
             if self.out.len() < WRITE_HIGH_WATER {
                 self.take_deliveries();
             }
@@ -541,9 +552,7 @@ impl Connection {
             }
             tokio::select! {
                 biased;
-                _ = cancel.cancelled() => {
-                    return if shutdown.is_cancelled() { CloseReason::Shutdown } else { CloseReason::TakenOver };
-                }
+                                _ = shutdown.cancelled() => return CloseReason::Shutdown,
                 r = wr.write(&self.out), if !self.out.is_empty() => match r {
                     Ok(0) => return CloseReason::PeerClosed,
                     Ok(n) => {
@@ -580,7 +589,7 @@ impl Connection {
                     }
                     Err(e) => return CloseReason::Io(e),
                 },
-                _ = self.session.wake.notified() => {}
+                                _ = &mut wake => {}
                 _ = &mut idle, if keep_alive > 0 || waiting => {
                     recheck_armed = false;
                     if self.congested.is_some() {

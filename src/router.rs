@@ -134,6 +134,9 @@ impl Router {
         {
             let mut st = session.state.lock();
             st.username = attach.username.clone();
+            session
+                .attached_conn
+                .store(attach.conn_id, Ordering::Release);
             st.attached = Some(attach);
             st.persist_record();
         }
@@ -148,15 +151,12 @@ impl Router {
             MapEntry::Occupied(mut entry) => {
                 let old = entry.get().clone();
                 let mut st = old.state.lock();
-                let took_over = match st.attached.take() {
-                    Some(previous) => {
-                        previous.cancel.cancel();
-                        true
-                    }
-                    None => false,
-                };
+                // The previous connection sees a different id and closes [MQTT-3.1.4-2].
+                let took_over = st.attached.take().is_some();
                 if clean || st.clean || st.discarded {
+                    old.attached_conn.store(0, Ordering::Release);
                     drop(st);
+                    old.wake.notify_waiters();
                     self.discard(&old);
                     let session = self.new_session(key, clean, attach);
                     entry.insert(session.clone());
@@ -167,10 +167,14 @@ impl Router {
                     }
                 } else {
                     st.username = attach.username.clone();
+                    old.attached_conn.store(attach.conn_id, Ordering::Release);
                     st.attached = Some(attach);
                     st.disconnected_at = None;
                     st.persist_record();
                     drop(st);
+                    if took_over {
+                        old.wake.notify_waiters();
+                    }
                     Attached {
                         session: old,
                         session_present: true,
@@ -222,6 +226,7 @@ impl Router {
                 return;
             }
             st.attached = None;
+            session.attached_conn.store(0, Ordering::Release);
             st.disconnected_at = Some(Instant::now());
             st.persist_record();
             st.clean
