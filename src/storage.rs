@@ -32,6 +32,9 @@ const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sessions")
 const RETAINED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("retained");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
+/// How soon a failed commit is retried when nothing new arrives.
+const FAILED_COMMIT_RETRY: Duration = Duration::from_secs(1);
+
 /// redb's page cache.
 const STORE_CACHE_BYTES: usize = 16 * 1024 * 1024;
 
@@ -686,7 +689,14 @@ fn writer_loop(
         FsyncPolicy::Always => Duration::from_secs(3600),
     };
     loop {
-        let first = match rx.recv_timeout(tick) {
+        // A batch left over from a failed commit is retried within a second even when no new
+        // operation arrives: acknowledgements waiting for it (fsync = always) must not hang.
+        let wait = if batch.is_empty() {
+            tick
+        } else {
+            FAILED_COMMIT_RETRY
+        };
+        let first = match rx.recv_timeout(wait) {
             Ok(op) => Some(op),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => return,
