@@ -3,16 +3,22 @@
 //! and writes everything ready (acks and queued deliveries) from one buffer, one syscall per
 //! batch. Keepalive is enforced in the read path.
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Acquire, Ordering::Relaxed};
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use mqttbytes::QoS;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::Instant;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{Instant, Sleep};
+use tokio_util::io::poll_read_buf;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -24,8 +30,6 @@ use crate::protocol::topic::validate_topic_filter;
 use crate::protocol::{decode, Connect, Packet, ProtocolError, Will};
 use crate::router::{MatchBuffer, Router};
 use crate::session::{Attachment, DropReason, Outgoing, Queued, Session};
-use crate::storage::Store;
-use std::collections::VecDeque;
 
 /// Read buffer reserve per read while the client is quiet; idle connections stay this small.
 const READ_CHUNK: usize = 1024;
@@ -92,47 +96,77 @@ pub enum CertUser {
     Missing,
 }
 
-/// Serves one client until it disconnects.
-pub async fn serve<S>(stream: S, peer: SocketAddr, ctx: Context, cert_user: CertUser)
+/// Serves one client until it disconnects; `permit` (a max_connections slot) is held until then.
+///
+/// The CONNECT handshake runs in its own heap allocation, freed when it ends: only the steady
+/// state below sizes the task that every connected client keeps for its whole life.
+pub fn serve<S>(
+    stream: S,
+    peer: SocketAddr,
+    ctx: Context,
+    cert_user: CertUser,
+    permit: Option<OwnedSemaphorePermit>,
+) -> impl Future<Output = ()> + Send
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let handshake = Box::pin(handshake(stream, peer, ctx, cert_user, permit));
+    async move {
+        let Some(mut conn) = handshake.await else {
+            return;
+        };
+        let reason = conn.run().await;
+        Box::pin(conn.close(reason)).await;
+    }
+}
+
+/// Reads and checks CONNECT, authenticates, attaches the session and answers CONNACK (queued
+/// in the write buffer). None when the client was refused or went away.
+async fn handshake<S>(
+    mut stream: S,
+    peer: SocketAddr,
+    ctx: Context,
+    cert_user: CertUser,
+    permit: Option<OwnedSemaphorePermit>,
+) -> Option<Connection<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let conn_id = NEXT_CONN_ID.fetch_add(1, Relaxed);
     let stats = &ctx.router.metrics().stats;
-    let (mut rd, mut wr) = tokio::io::split(stream);
     let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
     let limit = ctx.config.message_size_limit;
 
     let first = tokio::select! {
         r = tokio::time::timeout(
             Duration::from_secs(ctx.config.connect_timeout),
-            read_packet(&mut rd, &mut inbuf, limit),
+            read_packet(&mut stream, &mut inbuf, limit),
         ) => r,
-        _ = ctx.shutdown.cancelled() => return,
+        _ = ctx.shutdown.cancelled() => return None,
     };
-    let connect = match first {
+    let mut connect = match first {
         Err(_) => {
             stats.connect_timeouts.fetch_add(1, Relaxed);
             info!(
                 "Client from {peer} did not send CONNECT within {}s, closing.",
                 ctx.config.connect_timeout
             );
-            return;
+            return None;
         }
         Ok(Err(CloseReason::PeerClosed)) => {
             debug!("Socket from {peer} closed before CONNECT.");
-            return;
+            return None;
         }
         Ok(Err(e)) => {
             if let CloseReason::Protocol(p) = &e {
-                note_protocol_error(&ctx, p);
+                note_protocol_error(&ctx.router, p);
             }
             if inbuf.first() == Some(&0x16) {
                 warn!("Client from {peer} sent a TLS handshake to a plain MQTT listener; closing.");
-                return;
+                return None;
             }
             warn!("Bad first packet from {peer}: {e}");
-            return;
+            return None;
         }
         Ok(Ok(Packet::Connect(c))) => c,
         Ok(Ok(other)) => {
@@ -141,11 +175,10 @@ where
                 "Client from {peer}: {}",
                 ProtocolError::NotConnect(packet_name(&other))
             );
-            return;
+            return None;
         }
     };
 
-    let mut connect = connect;
     let mut out = BytesMut::new();
     let verdict = match check_connect(&connect, &ctx.config) {
         Err(refusal) => Err(refusal),
@@ -158,12 +191,11 @@ where
             } => {
                 let limit = Duration::from_secs(ctx.config.connect_timeout);
                 let check = check_password(ctx.router.auth(), passwords, username, password);
-                // Boxed: only password checks pay for this future, not every connection task.
                 tokio::select! {
-                    r = Box::pin(tokio::time::timeout(limit, check)) => {
+                    r = tokio::time::timeout(limit, check) => {
                         r.unwrap_or(Err(Refusal { code: 0x03, reason: "server unavailable: authentication took too long" }))
                     }
-                    _ = ctx.shutdown.cancelled() => return,
+                    _ = ctx.shutdown.cancelled() => return None,
                 }
             }
         },
@@ -171,13 +203,13 @@ where
     if let Err(refusal) = verdict {
         stats.connections_refused.fetch_add(1, Relaxed);
         codec::encode_connack(&mut out, false, refusal.code);
-        let _ = wr.write_all(&out).await;
-        let _ = wr.shutdown().await;
+        let _ = stream.write_all(&out).await;
+        let _ = stream.shutdown().await;
         info!(
             "Client {} from {peer} refused: {}",
             connect.client_id, refusal.reason
         );
-        return;
+        return None;
     }
     if let CertUser::Identity(id) = cert_user {
         // The certificate is the credential; a CONNECT user name/password is ignored.
@@ -217,89 +249,41 @@ where
             .unwrap_or_default()
     );
     codec::encode_connack(&mut out, attached.session_present, 0);
-    let attached_client_id = attached.session.client_id.clone();
 
     let mut conn = Connection {
-        router: ctx.router.clone(),
-        config: ctx.config.clone(),
+        stream,
+        inbuf,
+        out,
+        router: ctx.router,
+        config: ctx.config,
         session: attached.session,
-        client_id: attached_client_id,
         username,
         will: connect.will.take().map(Box::new),
-        out,
         pending: Vec::new(),
         matches: Vec::new(),
-        read_hint: READ_CHUNK,
         congested: None,
-        ack_store: ctx.router.store().filter(|s| s.acks_wait()).cloned(),
-        deferred: VecDeque::new(),
+        held: None,
+        peer,
+        conn_id,
+        last_packet: Instant::now(),
+        read_hint: READ_CHUNK as u32,
+        keep_alive: connect.keep_alive,
+        recheck_armed: false,
+        _permit: permit,
     };
     // A persistent session back after a restart: its messages come from disk first.
-    ctx.router.load_stored(&conn.session).await;
+    conn.router.load_stored(&conn.session).await;
     {
         // [MQTT-4.4.0-1] re-send unacknowledged messages, in order, before anything new.
         let st = conn.session.state.lock();
         st.resend_inflight(&mut conn.pending);
     }
     conn.encode_pending();
-
-    // What is not needed while the connection lives is dropped first: every local still alive
-    // across the next await is part of this task's memory for the client's whole life.
-    let keep_alive = connect.keep_alive;
-    drop(connect);
-    let reason = conn
-        .run(
-            &mut rd,
-            &mut wr,
-            &mut inbuf,
-            keep_alive,
-            conn_id,
-            &ctx.shutdown,
-        )
-        .await;
-
-    stats.clients_connected.fetch_sub(1, Relaxed);
-    match &reason {
-        CloseReason::Disconnect => info!("Client {} disconnected.", conn.client_id),
-        CloseReason::Protocol(e) => {
-            note_protocol_error(&ctx, e);
-            warn!(
-                "Client {} from {peer} disconnected: protocol error: {e}",
-                conn.client_id
-            );
-        }
-        other => info!(
-            "Client {} from {peer} disconnected: {other}.",
-            conn.client_id
-        ),
-    }
-    if reason.publishes_will() {
-        if let Some(will) = conn.will.take() {
-            stats.wills_published.fetch_add(1, Relaxed);
-            debug!(
-                "Publishing will of {} on {}",
-                conn.client_id,
-                String::from_utf8_lossy(&will.topic)
-            );
-            conn.router
-                .publish(Arc::new(will.to_publication()), &mut conn.matches, None);
-        }
-    }
-    ctx.router.disconnect(&conn.session, conn_id);
-    if !matches!(reason, CloseReason::Io(_)) {
-        // Best effort: flush what is buffered (e.g. a final ack) and close cleanly.
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            if !conn.out.is_empty() && !matches!(reason, CloseReason::TakenOver) {
-                wr.write_all(&conn.out).await?;
-            }
-            wr.shutdown().await
-        })
-        .await;
-    }
+    Some(conn)
 }
 
-fn note_protocol_error(ctx: &Context, e: &ProtocolError) {
-    let stats = &ctx.router.metrics().stats;
+fn note_protocol_error(router: &Router, e: &ProtocolError) {
+    let stats = &router.metrics().stats;
     stats.protocol_errors.fetch_add(1, Relaxed);
     if matches!(e, ProtocolError::TooLarge { .. }) {
         stats.dropped(DropReason::TooLarge, 1);
@@ -424,22 +408,10 @@ async fn read_packet<R: AsyncRead + Unpin>(
     }
 }
 
-/// How often a connection re-checks a wait whose notification it may have missed.
+/// How often a connection re-checks a wait whose end is a deadline rather than an event (a
+/// congested subscriber that may become stalled) or whose notification it may have missed (a
+/// commit).
 const RECHECK: Duration = Duration::from_millis(20);
-
-/// Resolves after the store's next commit (the idle timer covers a missed one).
-async fn wait_for_commit(store: Option<&Store>) {
-    if let Some(s) = store {
-        s.commit_notify.notified().await;
-    }
-}
-
-/// Resolves when `session` signals that its queue drained (the idle timer covers a missed one).
-async fn wait_for_space(session: Option<&Session>) {
-    if let Some(s) = session {
-        s.space.notified().await;
-    }
-}
 
 fn packet_name(p: &Packet) -> &'static str {
     match p {
@@ -456,208 +428,296 @@ fn packet_name(p: &Packet) -> &'static str {
     }
 }
 
-/// State of an accepted connection.
-struct Connection {
+/// With fsync = always: acknowledgements held until the store has committed everything issued
+/// before them (the ticket), in the order they were produced [MQTT-4.6.0-2]. Boxed in the
+/// connection, and only once an acknowledgement is held.
+#[derive(Default)]
+struct HeldAcks {
+    deferred: VecDeque<(u64, BytesMut)>,
+    /// Waits for the store's next commit (the recheck timer covers a missed one).
+    commit: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+/// An accepted connection: everything a connected client keeps for its whole life, so every
+/// field here is memory per connection.
+struct Connection<S> {
+    stream: S,
+    /// Bytes read and not yet decoded (freed while the client is quiet).
+    inbuf: BytesMut,
+    /// Bytes waiting to be written.
+    out: BytesMut,
     router: Arc<Router>,
     config: Arc<Config>,
     session: Arc<Session>,
-    /// The client id (shared with the session; assigned by the broker for an empty one).
-    client_id: Arc<str>,
     /// Authenticated user name (or certificate identity), for ACL checks.
     username: Option<Arc<str>>,
-    /// The last will, boxed: most clients have none, and this struct lives in the task.
+    /// The last will, boxed: most clients have none.
     will: Option<Box<Will>>,
-    /// Bytes waiting to be written.
-    out: BytesMut,
     /// Deliveries taken from the session, encoded outside its lock.
     pending: Vec<Outgoing>,
     /// Reused trie match buffer.
     matches: MatchBuffer,
-    /// Bytes to reserve for the next read (adaptive, READ_CHUNK..=READ_CHUNK_MAX).
-    read_hint: usize,
     /// A subscriber whose full QoS 1/2 queue this client's messages are waiting on: reading
     /// from this client pauses until it drains (backpressure instead of dropping).
     congested: Option<Arc<Session>>,
-    /// With fsync = always: the store whose commits acknowledgements wait for.
-    ack_store: Option<Arc<Store>>,
-    /// Acknowledgements held until the store has committed everything issued before them
-    /// (the ticket), in the order they were produced [MQTT-4.6.0-2].
-    deferred: VecDeque<(u64, BytesMut)>,
+    /// Acknowledgements waiting for a commit (fsync = always).
+    held: Option<Box<HeldAcks>>,
+    peer: SocketAddr,
+    conn_id: u64,
+    last_packet: Instant,
+    /// Bytes to reserve for the next read (adaptive, READ_CHUNK..=READ_CHUNK_MAX).
+    read_hint: u32,
+    keep_alive: u16,
+    /// The timer is set to the next recheck rather than to the keepalive deadline.
+    recheck_armed: bool,
+    /// The max_connections slot, released when the connection ends.
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
-impl Connection {
-    async fn run<R, W>(
-        &mut self,
-        rd: &mut R,
-        wr: &mut W,
-        inbuf: &mut BytesMut,
-        keep_alive: u16,
-        conn_id: u64,
-        shutdown: &CancellationToken,
-    ) -> CloseReason
-    where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
-    {
-        // [MQTT-3.1.2-24] one and a half times the keepalive; 0 disables it.
-        let keepalive = Duration::from_millis(keep_alive as u64 * 1500);
-        let mut last_packet = Instant::now();
-        // One timer for the keepalive and for re-checking what this connection waits on besides
-        // its socket (a congested subscriber, a commit): a timer per wait would make every
-        // connection's task bigger.
-        let idle = tokio::time::sleep(keepalive);
-        tokio::pin!(idle);
-        let mut recheck_armed = false;
-        let limit = self.config.message_size_limit;
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
+    /// Serves the client until the connection ends. One hand-written poll function instead
+    /// of a `select!`: the task stores one timer and nothing per branch.
+    async fn run(&mut self) -> CloseReason {
         // The client may have sent more packets right behind its CONNECT.
-        if let Err(reason) = self.process_input(inbuf, limit, &mut last_packet) {
+        if let Err(reason) = self.process_input() {
             return reason;
         }
-        let session = self.session.clone();
+        let mut timer = std::pin::pin!(tokio::time::sleep(self.keepalive()));
+        std::future::poll_fn(|cx| self.poll_run(cx, timer.as_mut())).await
+    }
+
+    /// [MQTT-3.1.2-24] one and a half times the keepalive; 0 disables it.
+    fn keepalive(&self) -> Duration {
+        Duration::from_millis(self.keep_alive as u64 * 1500)
+    }
+
+    fn poll_run(
+        &mut self,
+        cx: &mut TaskContext<'_>,
+        mut timer: Pin<&mut Sleep>,
+    ) -> Poll<CloseReason> {
         loop {
-            // Registered before the check below, so a takeover's notify_waiters is not missed.
-            let wake = session.wake.notified();
-            tokio::pin!(wake);
-            wake.as_mut().enable();
-            if session
-                .attached_conn
-                .load(std::sync::atomic::Ordering::Acquire)
-                != conn_id
-            {
-                return CloseReason::TakenOver;
+            // Takes deliveries and leaves our waker in the session under one lock: a new
+            // delivery, a takeover or shutdown after this point wakes us.
+            self.take_deliveries(cx.waker());
+            if self.session.attached_conn.load(Acquire) != self.conn_id {
+                return Poll::Ready(CloseReason::TakenOver);
             }
-            if self.out.len() < WRITE_HIGH_WATER {
-                self.take_deliveries();
+            if self.router.is_closing() {
+                return Poll::Ready(CloseReason::Shutdown);
             }
-            self.release_acks();
-            // An empty buffer gets 64 bytes from read_buf (BytesMut grows by that much).
-            let spare = (inbuf.capacity() - inbuf.len()).max(64);
+            let mut progress = self.release_acks(cx);
             if let Some(s) = &self.congested {
-                if !s.state.lock().is_congested(self.router.limits()) {
+                let mut st = s.state.lock();
+                if st.is_congested(self.router.limits()) {
+                    // Its connection wakes us when the queue drains.
+                    st.wait_for_space(cx.waker());
+                } else {
+                    drop(st);
                     self.congested = None;
                     // Go on with the packets that were left buffered when we paused.
-                    if let Err(reason) = self.process_input(inbuf, limit, &mut last_packet) {
-                        return reason;
+                    if let Err(reason) = self.process_input() {
+                        return Poll::Ready(reason);
                     }
+                    progress = true;
                 }
             }
-            let waiting = self.congested.is_some() || !self.deferred.is_empty();
-            if waiting && !recheck_armed {
-                // Notifications can be missed between the check above and the wait below.
+            let waiting = self.congested.is_some()
+                || self.held.as_ref().is_some_and(|h| !h.deferred.is_empty());
+            if waiting && !self.recheck_armed {
+                // A congested subscriber may turn stalled (a deadline, not an event); a
+                // commit notification may be missed between the check and the wait.
                 let soon = Instant::now() + RECHECK;
-                if keep_alive == 0 || soon < idle.deadline() {
-                    idle.as_mut().reset(soon);
+                if self.keep_alive == 0 || soon < timer.deadline() {
+                    timer.as_mut().reset(soon);
                 }
-                recheck_armed = true;
+                self.recheck_armed = true;
             }
-            tokio::select! {
-                biased;
-                                _ = shutdown.cancelled() => return CloseReason::Shutdown,
-                r = wr.write(&self.out), if !self.out.is_empty() => match r {
-                    Ok(0) => return CloseReason::PeerClosed,
-                    Ok(n) => {
-                        self.router.metrics().stats.bytes_sent.fetch_add(n as u64, Relaxed);
+            if !self.out.is_empty() {
+                match Pin::new(&mut self.stream).poll_write(cx, &self.out) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(CloseReason::PeerClosed),
+                    Poll::Ready(Ok(n)) => {
+                        self.router
+                            .metrics()
+                            .stats
+                            .bytes_sent
+                            .fetch_add(n as u64, Relaxed);
                         self.out.advance(n);
                         if self.out.is_empty() && self.out.capacity() > SHRINK_ABOVE {
                             self.out = BytesMut::new();
                         }
+                        progress = true;
                     }
-                    Err(e) => return CloseReason::Io(e),
-                },
-                _ = wait_for_space(self.congested.as_deref()), if self.congested.is_some() => {}
-                _ = wait_for_commit(self.ack_store.as_deref()), if !self.deferred.is_empty() => {}
-                r = rd.read_buf(inbuf), if self.out.len() < WRITE_LIMIT && self.congested.is_none() => match r {
-                    Ok(0) => return CloseReason::PeerClosed,
-                    Ok(n) => {
-                        self.router.metrics().stats.bytes_received.fetch_add(n as u64, Relaxed);
-                        // Adapt the read size: a read that filled the buffer asks for more.
-                        self.read_hint = if n >= spare {
-                            (self.read_hint * 2).min(READ_CHUNK_MAX)
-                        } else if n < self.read_hint / 4 {
-                            (self.read_hint / 2).max(READ_CHUNK)
-                        } else {
-                            self.read_hint
-                        };
-                        match self.process_input(inbuf, limit, &mut last_packet) {
-                            Err(reason) => return reason,
-                            // Let the subscribers just woken run before reading more: tokio
-                            // keeps a woken task in this worker's unstealable LIFO slot, so
-                            // a publisher that never yields would starve them.
-                            Ok(published) if published > 0 => tokio::task::yield_now().await,
-                            Ok(_) => {}
-                        }
-                    }
-                    Err(e) => return CloseReason::Io(e),
-                },
-                                _ = &mut wake => {}
-                _ = &mut idle, if keep_alive > 0 || waiting => {
-                    recheck_armed = false;
-                    if self.congested.is_some() {
-                        // We are the ones not reading (backpressure): not the client's silence.
-                        last_packet = Instant::now();
-                    }
-                    if keep_alive > 0 {
-                        let deadline = last_packet + keepalive;
-                        if Instant::now() >= deadline {
-                            self.router.metrics().stats.keepalive_timeouts.fetch_add(1, Relaxed);
-                            return CloseReason::KeepaliveTimeout;
-                        }
-                        idle.as_mut().reset(deadline);
-                    } else {
-                        idle.as_mut().reset(Instant::now() + Duration::from_secs(3600));
-                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(CloseReason::Io(e)),
+                    Poll::Pending => {}
                 }
             }
+            if self.out.len() < WRITE_LIMIT && self.congested.is_none() {
+                // An empty buffer gets 64 bytes from poll_read_buf (BytesMut grows by that much).
+                let spare = (self.inbuf.capacity() - self.inbuf.len()).max(64);
+                match poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.inbuf) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(CloseReason::PeerClosed),
+                    Poll::Ready(Ok(n)) => {
+                        self.router
+                            .metrics()
+                            .stats
+                            .bytes_received
+                            .fetch_add(n as u64, Relaxed);
+                        // Adapt the read size: a read that filled the buffer asks for more.
+                        let hint = self.read_hint as usize;
+                        self.read_hint = if n >= spare {
+                            (hint * 2).min(READ_CHUNK_MAX)
+                        } else if n < hint / 4 {
+                            (hint / 2).max(READ_CHUNK)
+                        } else {
+                            hint
+                        } as u32;
+                        match self.process_input() {
+                            Err(reason) => return Poll::Ready(reason),
+                            Ok(published) if published > 0 => {
+                                // Let the subscribers just woken run before reading more:
+                                // tokio keeps a woken task in this worker's unstealable LIFO
+                                // slot, so a publisher that never yields would starve them.
+                                // Waking ourselves puts this task at the back of the queue.
+                                cx.waker().wake_by_ref();
+                                return Poll::Pending;
+                            }
+                            Ok(_) => progress = true,
+                        }
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(CloseReason::Io(e)),
+                    Poll::Pending => {}
+                }
+            }
+            if progress {
+                continue;
+            }
+            if (self.keep_alive > 0 || waiting) && timer.as_mut().poll(cx).is_ready() {
+                self.recheck_armed = false;
+                if self.congested.is_some() {
+                    // We are the ones not reading (backpressure): not the client's silence.
+                    self.last_packet = Instant::now();
+                }
+                if self.keep_alive > 0 {
+                    let deadline = self.last_packet + self.keepalive();
+                    if Instant::now() >= deadline {
+                        self.router
+                            .metrics()
+                            .stats
+                            .keepalive_timeouts
+                            .fetch_add(1, Relaxed);
+                        return Poll::Ready(CloseReason::KeepaliveTimeout);
+                    }
+                    timer.as_mut().reset(deadline);
+                } else {
+                    timer
+                        .as_mut()
+                        .reset(Instant::now() + Duration::from_secs(3600));
+                }
+                continue;
+            }
+            return Poll::Pending;
         }
     }
 
-    /// Handles every complete packet already buffered, then makes room for the next read.
-    /// Moves held acknowledgements whose data is on disk into the write buffer.
-    fn release_acks(&mut self) {
-        let Some(store) = &self.ack_store else {
-            return;
+    /// After `run`: logs, publishes the will, detaches the session and flushes what is left.
+    async fn close(mut self, reason: CloseReason) {
+        let stats = &self.router.metrics().stats;
+        stats.clients_connected.fetch_sub(1, Relaxed);
+        let (client_id, peer) = (&self.session.client_id, self.peer);
+        match &reason {
+            CloseReason::Disconnect => info!("Client {client_id} disconnected."),
+            CloseReason::Protocol(e) => {
+                note_protocol_error(&self.router, e);
+                warn!("Client {client_id} from {peer} disconnected: protocol error: {e}");
+            }
+            other => info!("Client {client_id} from {peer} disconnected: {other}."),
+        }
+        if reason.publishes_will() {
+            if let Some(will) = self.will.take() {
+                stats.wills_published.fetch_add(1, Relaxed);
+                debug!(
+                    "Publishing will of {client_id} on {}",
+                    String::from_utf8_lossy(&will.topic)
+                );
+                self.router
+                    .publish(Arc::new(will.to_publication()), &mut self.matches, None);
+            }
+        }
+        self.router.disconnect(&self.session, self.conn_id);
+        if !matches!(reason, CloseReason::Io(_)) {
+            // Best effort: flush what is buffered (e.g. a final ack) and close cleanly.
+            let taken_over = matches!(reason, CloseReason::TakenOver);
+            let (stream, out) = (&mut self.stream, &self.out);
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                if !out.is_empty() && !taken_over {
+                    stream.write_all(out).await?;
+                }
+                stream.shutdown().await
+            })
+            .await;
+        }
+    }
+
+    /// Moves held acknowledgements whose data is on disk into the write buffer; true if
+    /// the commit wait ended (something may be released).
+    fn release_acks(&mut self, cx: &mut TaskContext<'_>) -> bool {
+        let Some(held) = &mut self.held else {
+            return false;
+        };
+        let Some(store) = self.router.store() else {
+            return false;
         };
         let committed = store.committed();
-        while self.deferred.front().is_some_and(|(t, _)| *t <= committed) {
-            if let Some((_, bytes)) = self.deferred.pop_front() {
+        while held.deferred.front().is_some_and(|(t, _)| *t <= committed) {
+            if let Some((_, bytes)) = held.deferred.pop_front() {
                 self.out.extend_from_slice(&bytes);
             }
         }
+        if held.deferred.is_empty() {
+            held.commit = None;
+            return false;
+        }
+        let wait = held.commit.get_or_insert_with(|| {
+            let notify = store.commit_notify.clone();
+            Box::pin(async move { notify.notified().await })
+        });
+        if wait.as_mut().poll(cx).is_ready() {
+            held.commit = None;
+            return true;
+        }
+        false
     }
 
+    /// Handles every complete packet already buffered, then makes room for the next read.
     /// Returns how many PUBLISH packets were routed.
-    fn process_input(
-        &mut self,
-        inbuf: &mut BytesMut,
-        limit: usize,
-        last_packet: &mut Instant,
-    ) -> Result<u64, CloseReason> {
+    fn process_input(&mut self) -> Result<u64, CloseReason> {
         let acks_from = self.out.len();
-        let result = self.process_frames(inbuf, limit, last_packet);
-        if let Some(store) = &self.ack_store {
+        let result = self.process_frames();
+        if let Some(store) = self.router.store().filter(|s| s.acks_wait()) {
             // fsync = always: what was just acknowledged waits for the commit of everything
             // issued so far (group commit: many clients share one fsync).
             if self.out.len() > acks_from {
                 let held = self.out.split_off(acks_from);
-                self.deferred.push_back((store.issued(), held));
+                let ticket = store.issued();
+                self.held
+                    .get_or_insert_with(Box::default)
+                    .deferred
+                    .push_back((ticket, held));
             }
         }
         result
     }
 
-    fn process_frames(
-        &mut self,
-        inbuf: &mut BytesMut,
-        limit: usize,
-        last_packet: &mut Instant,
-    ) -> Result<u64, CloseReason> {
+    fn process_frames(&mut self) -> Result<u64, CloseReason> {
+        let limit = self.config.message_size_limit;
         let mut received = [0u64; 3];
         let result = loop {
             if self.congested.is_some() {
                 // Paused by a full subscriber queue: leave the rest buffered.
                 break Ok(());
             }
-            match decode(inbuf, limit) {
+            match decode(&mut self.inbuf, limit) {
                 Ok(Some(p)) => {
                     if let Packet::Publish { publication, .. } = &p {
                         received[publication.qos as usize] += 1;
@@ -670,7 +730,7 @@ impl Connection {
                 Err(e) => break Err(CloseReason::from(e)),
             }
         };
-        *last_packet = Instant::now();
+        self.last_packet = Instant::now();
         let stats = &self.router.metrics().stats;
         for (q, n) in received.iter().enumerate() {
             if *n > 0 {
@@ -678,30 +738,37 @@ impl Connection {
             }
         }
         result?;
-        if inbuf.is_empty()
-            && (inbuf.capacity() > 2 * self.read_hint || self.read_hint == READ_CHUNK)
-        {
+        let hint = self.read_hint as usize;
+        if self.inbuf.is_empty() && (self.inbuf.capacity() > 2 * hint || hint == READ_CHUNK) {
             // A quiet client keeps no read buffer at all between packets: idle connections
             // are the common case and their memory is the broker's footprint. The next read
             // allocates a small one (and a busy client keeps its buffer: its hint is larger).
-            *inbuf = BytesMut::new();
+            self.inbuf = BytesMut::new();
         } else {
-            inbuf.reserve(self.read_hint);
+            self.inbuf.reserve(hint);
         }
         Ok(received.iter().sum())
     }
 
     /// Moves ready deliveries from the session queue into the write buffer.
-    fn take_deliveries(&mut self) {
+    /// Also leaves `waker` in the session, under the same lock.
+    fn take_deliveries(&mut self, waker: &Waker) {
         {
             let mut st = self.session.state.lock();
-            if st.queue.is_empty() {
+            if self.session.attached_conn.load(Acquire) != self.conn_id {
+                // Taken over: the slot belongs to the new connection (the caller closes).
+                return;
+            }
+            st.set_waker(waker);
+            if st.queue.is_empty() || self.out.len() >= WRITE_HIGH_WATER {
                 return;
             }
             let budget = WRITE_HIGH_WATER - self.out.len();
             if st.take_ready(self.router.limits(), budget, &mut self.pending) {
+                // Space again: wake the publishers paused on this queue.
+                let waiters = std::mem::take(&mut st.space_waiters);
                 drop(st);
-                self.session.space.notify_waiters();
+                waiters.into_iter().for_each(Waker::wake);
             }
         }
         self.encode_pending();
@@ -754,7 +821,7 @@ impl Connection {
                 if !self.session.state.lock().puback(pkid) {
                     debug!(
                         "Client {} acknowledged unknown packet id {pkid} (PUBACK)",
-                        self.client_id
+                        self.session.client_id
                     );
                 }
             }
@@ -764,7 +831,7 @@ impl Connection {
                 } else {
                     debug!(
                         "Client {} sent PUBREC for unknown packet id {pkid}",
-                        self.client_id
+                        self.session.client_id
                     );
                 }
             }
@@ -777,7 +844,7 @@ impl Connection {
                 if !self.session.state.lock().pubcomp(pkid) {
                     debug!(
                         "Client {} sent PUBCOMP for unknown packet id {pkid}",
-                        self.client_id
+                        self.session.client_id
                     );
                 }
             }
@@ -831,9 +898,13 @@ impl Connection {
             None => true,
             Some(acl) => {
                 let topic = std::str::from_utf8(&publication.topic).unwrap_or_default();
-                let ok = acl.check_publish(&self.client_id, self.username.as_deref(), topic);
+                let ok =
+                    acl.check_publish(&self.session.client_id, self.username.as_deref(), topic);
                 if !ok {
-                    debug!("Denied PUBLISH from {} to {topic} (ACL)", self.client_id);
+                    debug!(
+                        "Denied PUBLISH from {} to {topic} (ACL)",
+                        self.session.client_id
+                    );
                     self.router
                         .metrics()
                         .stats
@@ -876,13 +947,13 @@ impl Connection {
         let acl = self.router.auth().acl();
         for (filter, qos) in filters {
             let permitted = acl.as_ref().is_none_or(|a| {
-                a.check_subscribe(&self.client_id, self.username.as_deref(), &filter)
+                a.check_subscribe(&self.session.client_id, self.username.as_deref(), &filter)
             });
             match validate_topic_filter(&filter) {
                 Ok(()) if !permitted => {
                     info!(
                         "Client {} subscription to {filter:?} refused: not authorised (ACL)",
-                        self.client_id
+                        self.session.client_id
                     );
                     codes.push(0x80);
                 }
@@ -894,7 +965,7 @@ impl Connection {
                 Err(e) => {
                     info!(
                         "Client {} subscription to {filter:?} refused: {e}",
-                        self.client_id
+                        self.session.client_id
                     );
                     codes.push(0x80);
                 }
@@ -915,7 +986,7 @@ impl Connection {
             for msg in retained {
                 if let Some(acl) = &acl {
                     let topic = std::str::from_utf8(&msg.topic).unwrap_or_default();
-                    if !acl.check_read(&self.client_id, self.username.as_deref(), topic) {
+                    if !acl.check_read(&self.session.client_id, self.username.as_deref(), topic) {
                         continue;
                     }
                 }

@@ -5,7 +5,7 @@
 //! briefly to push a shared `Arc<Publication>`. Lock order, where two are held at once:
 //! registry shard -> session state -> trie. Nothing takes a session lock while holding the trie.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,6 +74,8 @@ pub struct Router {
     /// Durable storage (persistence on).
     store: Option<Arc<Store>>,
     next_session_id: AtomicU64,
+    /// Set at shutdown: every connection sees it on its next look and closes.
+    closing: AtomicBool,
 }
 
 impl Router {
@@ -92,7 +94,23 @@ impl Router {
             limits,
             metrics,
             next_session_id: AtomicU64::new(1),
+            closing: AtomicBool::new(false),
         }
+    }
+
+    /// Asks every attached connection to close (broker shutdown). A connection checks
+    /// `is_closing` after leaving its waker in its session, so none misses this.
+    pub fn close_all(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        let sessions: Vec<Arc<Session>> = self.sessions.iter().map(|e| e.value().clone()).collect();
+        for s in sessions {
+            s.wake_connection();
+        }
+    }
+
+    /// True once `close_all` was called.
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
     }
 
     pub fn limits(&self) -> &SessionLimits {
@@ -156,7 +174,7 @@ impl Router {
                 if clean || st.clean || st.discarded {
                     old.attached_conn.store(0, Ordering::Release);
                     drop(st);
-                    old.wake.notify_waiters();
+                    old.wake_connection();
                     self.discard(&old);
                     let session = self.new_session(key, clean, attach);
                     entry.insert(session.clone());
@@ -173,7 +191,8 @@ impl Router {
                     st.persist_record();
                     drop(st);
                     if took_over {
-                        old.wake.notify_waiters();
+                        // The new connection leaves its own waker on its first look.
+                        old.wake_connection();
                     }
                     Attached {
                         session: old,
@@ -226,6 +245,8 @@ impl Router {
                 return;
             }
             st.attached = None;
+            // The waker holds the ended connection's task: do not keep it alive.
+            st.waker = None;
             session.attached_conn.store(0, Ordering::Release);
             st.disconnected_at = Some(Instant::now());
             st.persist_record();
@@ -335,8 +356,8 @@ impl Router {
             };
             match result {
                 Ok(e) => {
-                    if e.wake {
-                        session.wake.notify_one();
+                    if let Some(waker) = e.wake {
+                        waker.wake();
                     }
                     if e.congested && congested.is_none() && publisher != Some(session.id) {
                         congested = Some(session);

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
@@ -273,6 +273,9 @@ impl Broker {
             ));
         }
         self.shutdown.cancelled().await;
+        // Connections past CONNECT watch the router, not the token (a waiter per connection
+        // would make every connection's task bigger).
+        self.router.close_all();
         info!(
             "Shutting down: closing {} connection(s).",
             self.config.max_connections - limit.available_permits()
@@ -335,18 +338,23 @@ async fn accept_loop(
         };
         // Our writer batches; Nagle would only add latency.
         let _ = socket.set_nodelay(true);
-        let ctx = ctx.clone();
-        let tls = listener.tls.clone();
-        let identity = listener.identity;
-        tracker.spawn(async move {
-            match tls {
-                None => connection::serve(socket, peer, ctx, CertUser::NotUsed).await,
-                // Boxed: the TLS future (handshake state, rustls connection) is several KiB,
-                // and inline it would size every plain connection's task the same.
-                Some(tls) => Box::pin(serve_tls(socket, peer, ctx, &tls, identity)).await,
+        // The permit travels with the connection and is released when it ends.
+        match listener.tls.clone() {
+            None => {
+                tracker.spawn(connection::serve(
+                    socket,
+                    peer,
+                    ctx.clone(),
+                    CertUser::NotUsed,
+                    Some(permit),
+                ));
             }
-            drop(permit);
-        });
+            Some(tls) => {
+                let ctx = ctx.clone();
+                let identity = listener.identity;
+                tracker.spawn(serve_tls(socket, peer, ctx, tls, identity, permit));
+            }
+        }
     }
 }
 
@@ -355,12 +363,14 @@ async fn serve_tls(
     socket: TcpStream,
     peer: SocketAddr,
     ctx: Context,
-    tls: &TlsAcceptor,
+    tls: Arc<TlsAcceptor>,
     identity: Option<IdentitySource>,
+    permit: OwnedSemaphorePermit,
 ) {
     let timeout = Duration::from_secs(ctx.config.tls_handshake_timeout);
+    // Boxed: the handshake future is several KiB and would otherwise stay in the task.
     let handshake = tokio::select! {
-        r = tokio::time::timeout(timeout, tls.acceptor().accept(socket)) => r,
+        r = Box::pin(tokio::time::timeout(timeout, tls.acceptor().accept(socket))) => r,
         _ = ctx.shutdown.cancelled() => return,
     };
     let stream = match handshake {
@@ -402,7 +412,7 @@ async fn serve_tls(
             }
         }
     };
-    connection::serve(stream, peer, ctx, user).await;
+    connection::serve(stream, peer, ctx, user, Some(permit)).await;
 }
 
 /// Folds histogram samples into buckets even when nobody scrapes, so memory stays bounded.

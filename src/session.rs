@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use mqttbytes::QoS;
 use parking_lot::Mutex;
-use tokio::sync::Notify;
+use std::task::Waker;
 use tokio::time::Instant;
 
 use crate::message::{qos_from_stored, Publication};
@@ -31,10 +31,10 @@ pub struct SessionLimits {
 }
 
 /// A delivery that was queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Enqueued {
-    /// The attached connection must be woken (its queue was empty).
-    pub wake: bool,
+    /// The attached connection's waker, taken: wake it once the session lock is released.
+    pub wake: Option<Waker>,
     /// The QoS 1/2 queue is over max_queued_messages: the publisher should pause reading
     /// until it drains (instead of this message being dropped after it was acknowledged).
     pub congested: bool,
@@ -96,10 +96,6 @@ pub struct Session {
     pub client_id: Arc<str>,
     /// Everything mutable; held briefly, never across an await.
     pub state: Mutex<SessionState>,
-    /// Wakes the attached connection when its queue goes from empty to non-empty.
-    pub wake: Notify,
-    /// Wakes publishers paused by this session's full queue once it drained.
-    pub space: Notify,
     /// Id of the connection attached (0: none). A connection that finds another id here was
     /// taken over [MQTT-3.1.4-2]; cheaper than a cancellation token per connection.
     pub attached_conn: std::sync::atomic::AtomicU64,
@@ -120,9 +116,15 @@ impl Session {
             id,
             client_id,
             state: Mutex::new(state),
-            wake: Notify::new(),
-            space: Notify::new(),
             attached_conn: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Wakes the attached connection so it looks at its session again (takeover, shutdown).
+    pub fn wake_connection(&self) {
+        let waker = self.state.lock().waker.take();
+        if let Some(w) = waker {
+            w.wake();
         }
     }
 }
@@ -211,7 +213,16 @@ pub struct SessionState {
     pub on_disk: Option<usize>,
     /// Messages dropped for this client since the session began, by `DropReason::index`.
     pub dropped: [u64; DropReason::ALL.len()],
+    /// The attached connection's task, left here each time it looks at the queue: a new
+    /// delivery, a takeover or shutdown takes and wakes it. Checking the queue and leaving
+    /// the waker under one lock is what makes a missed wake-up impossible.
+    pub waker: Option<Waker>,
+    /// Publishers paused by this session's full QoS 1/2 queue, woken once it drains.
+    pub space_waiters: Vec<Waker>,
 }
+
+/// Bound on publishers registered as waiting for one congested session.
+const MAX_SPACE_WAITERS: usize = 256;
 
 impl SessionState {
     fn new(clean: bool) -> SessionState {
@@ -233,6 +244,8 @@ impl SessionState {
             congested_since: None,
             store: None,
             on_disk: None,
+            waker: None,
+            space_waiters: Vec::new(),
         }
     }
 
@@ -243,6 +256,26 @@ impl SessionState {
 
     /// True while publishers should wait for this session: connected, QoS 1/2 queue over its
     /// limit, and not stalled for longer than the backpressure timeout.
+    /// Leaves the attached connection's waker (a clone only when it changed).
+    pub fn set_waker(&mut self, waker: &Waker) {
+        if !self.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            self.waker = Some(waker.clone());
+        }
+    }
+
+    /// Registers a publisher to wake when this congested queue drains. Bounded: past
+    /// MAX_SPACE_WAITERS every waiter is woken and dropped (they register again if still
+    /// paused), so publishers that come and go cannot grow the list.
+    pub fn wait_for_space(&mut self, waker: &Waker) {
+        if self.space_waiters.iter().any(|w| w.will_wake(waker)) {
+            return;
+        }
+        if self.space_waiters.len() >= MAX_SPACE_WAITERS {
+            self.space_waiters.drain(..).for_each(Waker::wake);
+        }
+        self.space_waiters.push(waker.clone());
+    }
+
     pub fn is_congested(&self, limits: &SessionLimits) -> bool {
         self.attached.is_some()
             && self.queued_qos12() >= limits.max_queued_messages
@@ -279,10 +312,7 @@ impl SessionState {
                 return Err(self.note_drop(DropReason::StorageError));
             }
             self.on_disk = Some(stored + 1);
-            return Ok(Enqueued {
-                wake: false,
-                congested: false,
-            });
+            return Ok(Enqueued::default());
         }
         let size = item.msg.size();
         let qos0 = item.qos == QoS::AtMostOnce;
@@ -314,7 +344,6 @@ impl SessionState {
         if !self.persist(&mut item) {
             return Err(self.note_drop(DropReason::StorageError));
         }
-        let was_empty = self.queue.is_empty();
         self.queued_bytes += size;
         if qos0 {
             self.queued_qos0 += 1;
@@ -322,7 +351,7 @@ impl SessionState {
         }
         self.queue.push_back(item);
         Ok(Enqueued {
-            wake: online && was_empty,
+            wake: if online { self.waker.take() } else { None },
             congested,
         })
     }
@@ -652,8 +681,8 @@ mod tests {
             s.enqueue(item(QoS::AtLeastOnce), &limits()).unwrap();
         }
         assert_eq!(
-            s.enqueue(item(QoS::AtLeastOnce), &limits()),
-            Err(DropReason::QueueFull)
+            s.enqueue(item(QoS::AtLeastOnce), &limits()).err(),
+            Some(DropReason::QueueFull)
         );
         let mut out = Vec::new();
         s.take_ready(&limits(), usize::MAX, &mut out);
@@ -716,15 +745,15 @@ mod tests {
             s.enqueue(item(QoS::AtMostOnce), &limits()).unwrap();
         }
         assert_eq!(
-            s.enqueue(item(QoS::AtMostOnce), &limits()),
-            Err(DropReason::QueueFull)
+            s.enqueue(item(QoS::AtMostOnce), &limits()).err(),
+            Some(DropReason::QueueFull)
         );
         for _ in 0..3 {
             s.enqueue(item(QoS::AtLeastOnce), &limits()).unwrap();
         }
         assert_eq!(
-            s.enqueue(item(QoS::AtLeastOnce), &limits()),
-            Err(DropReason::QueueFull)
+            s.enqueue(item(QoS::AtLeastOnce), &limits()).err(),
+            Some(DropReason::QueueFull)
         );
         let mut out = Vec::new();
         s.take_ready(&limits(), usize::MAX, &mut out);
@@ -748,16 +777,16 @@ mod tests {
         }
         assert!(s.is_congested(&lim));
         assert_eq!(
-            s.enqueue(item(QoS::AtLeastOnce), &lim),
-            Err(DropReason::QueueFull)
+            s.enqueue(item(QoS::AtLeastOnce), &lim).err(),
+            Some(DropReason::QueueFull)
         );
         // QoS 0 never waits.
         for _ in 0..3 {
             s.enqueue(item(QoS::AtMostOnce), &lim).unwrap();
         }
         assert_eq!(
-            s.enqueue(item(QoS::AtMostOnce), &lim),
-            Err(DropReason::QueueFull)
+            s.enqueue(item(QoS::AtMostOnce), &lim).err(),
+            Some(DropReason::QueueFull)
         );
         // Draining below the limit ends the congestion (the window needs acks to move on).
         let mut out = Vec::new();
@@ -779,8 +808,8 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(5));
         assert!(!s.is_congested(&short));
         assert_eq!(
-            s.enqueue(item(QoS::AtLeastOnce), &short),
-            Err(DropReason::QueueFull)
+            s.enqueue(item(QoS::AtLeastOnce), &short).err(),
+            Some(DropReason::QueueFull)
         );
     }
 
@@ -788,8 +817,8 @@ mod tests {
     fn qos0_is_not_queued_offline_by_default() {
         let mut s = SessionState::new(false);
         assert_eq!(
-            s.enqueue(item(QoS::AtMostOnce), &limits()),
-            Err(DropReason::Qos0Offline)
+            s.enqueue(item(QoS::AtMostOnce), &limits()).err(),
+            Some(DropReason::Qos0Offline)
         );
         assert!(s.enqueue(item(QoS::AtLeastOnce), &limits()).is_ok());
     }
