@@ -5,21 +5,48 @@
 //! branches the topic can reach, so its cost depends on the topic's depth and the matching
 //! subscriptions, not on how many other subscriptions exist.
 
+use std::collections::hash_map::{DefaultHasher, RandomState};
 use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::LazyLock;
 
 /// A subscriber's entry: who (a unique session id) and what it stored (e.g. session handle + QoS).
 pub type Entry<V> = (u64, V);
 
+/// One node per topic level: its size times the number of subscriptions is the trie's memory
+/// (with one subscription per client, the parent's table holds one node per client), so what
+/// most nodes lack is boxed.
 #[derive(Debug)]
 struct Node<V> {
     /// Literal child levels.
-    children: HashMap<Box<[u8]>, Node<V>>,
-    /// The `+` child.
-    plus: Option<Box<Node<V>>>,
+    children: HashMap<Box<[u8]>, Node<V>, LevelHasher>,
     /// Filters ending at this node.
     exact: Subscribers<V>,
+    /// The `+` child and the `#` subscribers, which most nodes do not have.
+    wild: Option<Box<Wild<V>>>,
+}
+
+#[derive(Debug)]
+struct Wild<V> {
+    /// The `+` child.
+    plus: Option<Node<V>>,
     /// Filters ending in `/#` below this node (or `#` at the root).
     multi: Subscribers<V>,
+}
+
+/// SipHash with keys drawn once per process: topic levels come from the network, so the keys
+/// must be random (no flooding one bucket), and one copy for all nodes saves 16 bytes a node
+/// over `RandomState` in each.
+#[derive(Debug, Clone, Copy, Default)]
+struct LevelHasher;
+
+static LEVEL_KEYS: LazyLock<RandomState> = LazyLock::new(RandomState::new);
+
+impl BuildHasher for LevelHasher {
+    type Hasher = DefaultHasher;
+    fn build_hasher(&self) -> DefaultHasher {
+        LEVEL_KEYS.build_hasher()
+    }
 }
 
 /// Lists this long get an id -> position index, so that many sessions subscribing to one
@@ -30,7 +57,9 @@ const INDEX_ABOVE: usize = 16;
 #[derive(Debug)]
 struct Subscribers<V> {
     entries: Vec<Entry<V>>,
-    index: Option<HashMap<u64, usize>>,
+    /// Boxed: most lists never get one, and unboxed it would cost 48 bytes in every node.
+    #[allow(clippy::box_collection)]
+    index: Option<Box<HashMap<u64, usize>>>,
 }
 
 impl<V> Default for Subscribers<V> {
@@ -60,6 +89,10 @@ impl<V> Subscribers<V> {
             self.entries[p].1 = value;
             return false;
         }
+        if self.entries.capacity() == 0 {
+            // Most filters have one subscriber: room for one, not Vec's first four.
+            self.entries.reserve_exact(1);
+        }
         self.entries.push((id, value));
         let last = self.entries.len() - 1;
         match &mut self.index {
@@ -67,13 +100,13 @@ impl<V> Subscribers<V> {
                 ix.insert(id, last);
             }
             None if self.entries.len() > INDEX_ABOVE => {
-                self.index = Some(
+                self.index = Some(Box::new(
                     self.entries
                         .iter()
                         .enumerate()
                         .map(|(p, (i, _))| (*i, p))
                         .collect(),
-                );
+                ));
             }
             None => {}
         }
@@ -105,20 +138,36 @@ impl<V> Subscribers<V> {
 impl<V> Default for Node<V> {
     fn default() -> Self {
         Node {
-            children: HashMap::new(),
-            plus: None,
+            children: HashMap::default(),
             exact: Subscribers::default(),
-            multi: Subscribers::default(),
+            wild: None,
         }
     }
 }
 
 impl<V> Node<V> {
     fn is_empty(&self) -> bool {
-        self.children.is_empty()
-            && self.plus.is_none()
-            && self.exact.is_empty()
-            && self.multi.is_empty()
+        self.children.is_empty() && self.exact.is_empty() && self.wild.is_none()
+    }
+
+    fn wild_mut(&mut self) -> &mut Wild<V> {
+        self.wild.get_or_insert_with(|| {
+            Box::new(Wild {
+                plus: None,
+                multi: Subscribers::default(),
+            })
+        })
+    }
+
+    /// Drops the wildcard part once it holds nothing.
+    fn prune_wild(&mut self) {
+        if self
+            .wild
+            .as_ref()
+            .is_some_and(|w| w.plus.is_none() && w.multi.is_empty())
+        {
+            self.wild = None;
+        }
     }
 }
 
@@ -156,12 +205,12 @@ impl<V: Clone> Trie<V> {
         let mut levels = filter.split('/').peekable();
         while let Some(level) = levels.next() {
             if level == "#" && levels.peek().is_none() {
-                let added = node.multi.upsert(id, value);
+                let added = node.wild_mut().multi.upsert(id, value);
                 self.len += added as usize;
                 return added;
             }
             node = if level == "+" {
-                node.plus.get_or_insert_with(Default::default)
+                node.wild_mut().plus.get_or_insert_with(Default::default)
             } else {
                 node.children.entry(level.as_bytes().into()).or_default()
             };
@@ -182,15 +231,26 @@ impl<V: Clone> Trie<V> {
     fn remove_at(node: &mut Node<V>, levels: &[&str], id: u64) -> bool {
         match levels {
             [] => node.exact.remove(id),
-            ["#"] => node.multi.remove(id),
+            ["#"] => {
+                let Some(wild) = node.wild.as_deref_mut() else {
+                    return false;
+                };
+                let removed = wild.multi.remove(id);
+                node.prune_wild();
+                removed
+            }
             [level, rest @ ..] => {
                 if *level == "+" {
-                    let Some(child) = node.plus.as_deref_mut() else {
+                    let Some(wild) = node.wild.as_deref_mut() else {
+                        return false;
+                    };
+                    let Some(child) = wild.plus.as_mut() else {
                         return false;
                     };
                     let removed = Self::remove_at(child, rest, id);
                     if child.is_empty() {
-                        node.plus = None;
+                        wild.plus = None;
+                        node.prune_wild();
                     }
                     removed
                 } else {
@@ -216,8 +276,13 @@ impl<V: Clone> Trie<V> {
     }
 
     fn collect(node: &Node<V>, rest: Option<&[u8]>, skip_wildcards: bool, out: &mut Vec<Entry<V>>) {
-        if !skip_wildcards {
-            out.extend(node.multi.entries.iter().cloned());
+        let wild = if skip_wildcards {
+            None
+        } else {
+            node.wild.as_deref()
+        };
+        if let Some(w) = wild {
+            out.extend(w.multi.entries.iter().cloned());
         }
         let Some(rest) = rest else {
             out.extend(node.exact.entries.iter().cloned());
@@ -230,10 +295,8 @@ impl<V: Clone> Trie<V> {
         if let Some(child) = node.children.get(level) {
             Self::collect(child, next, false, out);
         }
-        if !skip_wildcards {
-            if let Some(child) = node.plus.as_deref() {
-                Self::collect(child, next, false, out);
-            }
+        if let Some(child) = wild.and_then(|w| w.plus.as_ref()) {
+            Self::collect(child, next, false, out);
         }
     }
 }
