@@ -3,6 +3,7 @@
 //! and writes everything ready (acks and queued deliveries) from one buffer, one syscall per
 //! batch. Keepalive is enforced in the read path.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -259,11 +260,8 @@ where
         session: attached.session,
         username,
         will: connect.will.take().map(Box::new),
-        pending: Vec::new(),
-        matches: Vec::new(),
         congested: None,
         held: None,
-        peer,
         conn_id,
         last_packet: Instant::now(),
         read_hint: READ_CHUNK as u32,
@@ -273,12 +271,11 @@ where
     };
     // A persistent session back after a restart: its messages come from disk first.
     conn.router.load_stored(&conn.session).await;
-    {
+    PENDING.with_borrow_mut(|pending| {
         // [MQTT-4.4.0-1] re-send unacknowledged messages, in order, before anything new.
-        let st = conn.session.state.lock();
-        st.resend_inflight(&mut conn.pending);
-    }
-    conn.encode_pending();
+        conn.session.state.lock().resend_inflight(pending);
+        conn.encode(pending);
+    });
     Some(conn)
 }
 
@@ -428,6 +425,23 @@ fn packet_name(p: &Packet) -> &'static str {
     }
 }
 
+thread_local! {
+    /// Scratch buffers of the connection this thread is serving: trie matches while routing,
+    /// deliveries taken from a session queue. Per thread, not per connection, so an idle
+    /// connection keeps none, and a burst leaves no large buffer behind in any one client.
+    static MATCHES: RefCell<MatchBuffer> = const { RefCell::new(Vec::new()) };
+    static PENDING: RefCell<Vec<Outgoing>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Scratch buffers above this many entries are freed after use (a burst's worth).
+const SCRATCH_KEEP: usize = 4096;
+
+fn shrink_scratch<T>(v: &mut Vec<T>) {
+    if v.capacity() > SCRATCH_KEEP {
+        *v = Vec::new();
+    }
+}
+
 /// With fsync = always: acknowledgements held until the store has committed everything issued
 /// before them (the ticket), in the order they were produced [MQTT-4.6.0-2]. Boxed in the
 /// connection, and only once an acknowledgement is held.
@@ -453,16 +467,11 @@ struct Connection<S> {
     username: Option<Arc<str>>,
     /// The last will, boxed: most clients have none.
     will: Option<Box<Will>>,
-    /// Deliveries taken from the session, encoded outside its lock.
-    pending: Vec<Outgoing>,
-    /// Reused trie match buffer.
-    matches: MatchBuffer,
     /// A subscriber whose full QoS 1/2 queue this client's messages are waiting on: reading
     /// from this client pauses until it drains (backpressure instead of dropping).
     congested: Option<Arc<Session>>,
     /// Acknowledgements waiting for a commit (fsync = always).
     held: Option<Box<HeldAcks>>,
-    peer: SocketAddr,
     conn_id: u64,
     last_packet: Instant,
     /// Bytes to reserve for the next read (adaptive, READ_CHUNK..=READ_CHUNK_MAX).
@@ -598,6 +607,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     // We are the ones not reading (backpressure): not the client's silence.
                     self.last_packet = Instant::now();
                 }
+                // At most once a keepalive period: a client that once sent or received a burst
+                // does not keep its large buffers while it is quiet.
+                // (Not on the rechecks every RECHECK while waiting: those are busy clients.)
+                if !waiting && self.inbuf.is_empty() {
+                    self.inbuf = BytesMut::new();
+                    self.read_hint = READ_CHUNK as u32;
+                }
+                if !waiting && self.out.is_empty() {
+                    self.out = BytesMut::new();
+                }
                 if self.keep_alive > 0 {
                     let deadline = self.last_packet + self.keepalive();
                     if Instant::now() >= deadline {
@@ -624,14 +643,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     async fn close(mut self, reason: CloseReason) {
         let stats = &self.router.metrics().stats;
         stats.clients_connected.fetch_sub(1, Relaxed);
-        let (client_id, peer) = (&self.session.client_id, self.peer);
+        // The address was logged at CONNECT (as Mosquitto); not kept: 32 bytes a client.
+        let client_id = &self.session.client_id;
         match &reason {
             CloseReason::Disconnect => info!("Client {client_id} disconnected."),
             CloseReason::Protocol(e) => {
                 note_protocol_error(&self.router, e);
-                warn!("Client {client_id} from {peer} disconnected: protocol error: {e}");
+                warn!("Client {client_id} disconnected: protocol error: {e}");
             }
-            other => info!("Client {client_id} from {peer} disconnected: {other}."),
+            other => info!("Client {client_id} disconnected: {other}."),
         }
         if reason.publishes_will() {
             if let Some(will) = self.will.take() {
@@ -640,8 +660,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     "Publishing will of {client_id} on {}",
                     String::from_utf8_lossy(&will.topic)
                 );
-                self.router
-                    .publish(Arc::new(will.to_publication()), &mut self.matches, None);
+                MATCHES.with_borrow_mut(|m| {
+                    self.router
+                        .publish(Arc::new(will.to_publication()), m, None)
+                });
             }
         }
         self.router.disconnect(&self.session, self.conn_id);
@@ -753,7 +775,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// Moves ready deliveries from the session queue into the write buffer.
     /// Also leaves `waker` in the session, under the same lock.
     fn take_deliveries(&mut self, waker: &Waker) {
-        {
+        PENDING.with_borrow_mut(|pending| {
             let mut st = self.session.state.lock();
             if self.session.attached_conn.load(Acquire) != self.conn_id {
                 // Taken over: the slot belongs to the new connection (the caller closes).
@@ -764,29 +786,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 return;
             }
             let budget = WRITE_HIGH_WATER - self.out.len();
-            if st.take_ready(self.router.limits(), budget, &mut self.pending) {
+            if st.take_ready(self.router.limits(), budget, pending) {
                 // Space again: wake the publishers paused on this queue.
                 let waiters = std::mem::take(&mut st.space_waiters);
                 drop(st);
                 waiters.into_iter().for_each(Waker::wake);
+            } else {
+                drop(st);
             }
-        }
-        self.encode_pending();
+            self.encode(pending);
+        });
     }
 
-    fn encode_pending(&mut self) {
-        if self.pending.is_empty() {
+    /// Encodes (and empties) deliveries taken from the session into the write buffer.
+    fn encode(&mut self, pending: &mut Vec<Outgoing>) {
+        if pending.is_empty() {
             return;
         }
         let metrics = self.router.metrics();
         let mut sent = [0u64; 3];
-        if let Some(Outgoing::Publish { item, .. }) = self.pending.first() {
+        if let Some(Outgoing::Publish { item, .. }) = pending.first() {
             // One latency sample per batch (its oldest message) keeps the hot path cheap.
             metrics
                 .delivery_latency
                 .record(item.msg.received_at.elapsed().as_secs_f64());
         }
-        for o in self.pending.drain(..) {
+        for o in pending.drain(..) {
             match o {
                 Outgoing::Publish { item, pkid, dup } => {
                     codec::encode_publish(
@@ -807,6 +832,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 metrics.stats.sent[q].fetch_add(*n, Relaxed);
             }
         }
+        shrink_scratch(pending);
     }
 
     fn handle(&mut self, packet: Packet) -> Result<(), CloseReason> {
@@ -872,11 +898,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// acknowledged (the connection closes and the client re-sends it later).
     fn route(&mut self, publication: Publication) -> Result<(), CloseReason> {
         let qos = publication.qos;
-        let outcome = self.router.publish(
-            Arc::new(publication),
-            &mut self.matches,
-            Some(self.session.id),
-        );
+        let outcome = MATCHES.with_borrow_mut(|m| {
+            let outcome = self
+                .router
+                .publish(Arc::new(publication), m, Some(self.session.id));
+            shrink_scratch(m);
+            outcome
+        });
         if self.congested.is_none() {
             self.congested = outcome.congested;
         }
@@ -928,7 +956,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             }
             QoS::ExactlyOnce => {
                 // A re-sent PUBLISH whose id awaits PUBREL was already routed: ack only.
-                let seen = self.session.state.lock().incoming_qos2.contains(&pkid);
+                let seen = self.session.state.lock().incoming_qos2.contains(pkid);
                 if !seen {
                     if allowed {
                         self.route(publication)?;

@@ -265,7 +265,7 @@ impl Router {
         if st.discarded {
             return false;
         }
-        st.subscriptions.insert(filter.into(), qos);
+        st.subscriptions.insert(filter, qos);
         st.persist_record();
         // Under the session lock so a concurrent discard cannot miss this entry.
         self.trie
@@ -313,6 +313,7 @@ impl Router {
             }
             self.retained.write().set(msg.clone());
         }
+        matches.clear();
         self.trie.read().matches(&msg.topic, matches);
         if matches.len() > 1 {
             matches.sort_unstable_by_key(|(id, _)| *id);
@@ -414,7 +415,7 @@ impl Router {
                 let mut trie = self.trie.write();
                 for (filter, q) in &stored.subscriptions {
                     let qos = qos_from_stored(*q);
-                    st.subscriptions.insert(filter.as_str().into(), qos);
+                    st.subscriptions.insert(filter, qos);
                     trie.insert(filter, session.id, (session.clone(), qos));
                 }
             }
@@ -493,8 +494,8 @@ impl Router {
                     dropped,
                     dropped_by_reason: DropReason::ALL
                         .iter()
-                        .filter(|r| st.dropped[r.index()] > 0)
-                        .map(|r| (r.as_str(), st.dropped[r.index()]))
+                        .filter(|r| st.dropped.get(**r) > 0)
+                        .map(|r| (r.as_str(), st.dropped.get(*r)))
                         .collect(),
                 })
             })

@@ -2,7 +2,7 @@
 //! clean session is 0. Subscriptions, the bounded outbound queue, the in-flight window with
 //! packet ids, and inbound QoS 2 state.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use mqttbytes::QoS;
@@ -185,7 +185,7 @@ pub struct SessionState {
     /// Set when the session was removed from the router; later subscribes are ignored.
     pub discarded: bool,
     /// Topic filter -> granted QoS.
-    pub subscriptions: HashMap<Box<str>, QoS>,
+    pub subscriptions: Subscriptions,
     /// Messages not yet sent (beyond the in-flight window), oldest first.
     pub queue: VecDeque<Queued>,
     /// Topic + payload bytes in `queue`.
@@ -201,7 +201,7 @@ pub struct SessionState {
     next_pkid: u16,
     /// Inbound QoS 2 packet ids received and not yet released by PUBREL: a re-sent PUBLISH
     /// with one of these ids is acknowledged but not routed again.
-    pub incoming_qos2: HashSet<u16>,
+    pub incoming_qos2: PacketIds,
     /// When the last connection went away (for persistent_client_expiration).
     pub disconnected_at: Option<Instant>,
     /// Since when this connected client's QoS 1/2 queue has been over its limit.
@@ -212,13 +212,137 @@ pub struct SessionState {
     /// while set, new messages go to disk only.
     pub on_disk: Option<usize>,
     /// Messages dropped for this client since the session began, by `DropReason::index`.
-    pub dropped: [u64; DropReason::ALL.len()],
+    pub dropped: DropCounts,
     /// The attached connection's task, left here each time it looks at the queue: a new
     /// delivery, a takeover or shutdown takes and wakes it. Checking the queue and leaving
     /// the waker under one lock is what makes a missed wake-up impossible.
     pub waker: Option<Waker>,
     /// Publishers paused by this session's full QoS 1/2 queue, woken once it drains.
     pub space_waiters: Vec<Waker>,
+}
+
+/// A session's subscriptions (filter -> granted QoS), sorted by filter. A Vec, not a HashMap:
+/// most clients hold a few, and this is memory per session.
+#[derive(Debug, Default)]
+pub struct Subscriptions(Vec<(Box<str>, QoS)>);
+
+impl Subscriptions {
+    /// Adds or replaces `filter`; returns the QoS it had.
+    pub fn insert(&mut self, filter: &str, qos: QoS) -> Option<QoS> {
+        match self.0.binary_search_by(|(f, _)| (**f).cmp(filter)) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, qos)),
+            Err(i) => {
+                if self.0.capacity() == 0 {
+                    self.0.reserve_exact(1);
+                }
+                self.0.insert(i, (filter.into(), qos));
+                None
+            }
+        }
+    }
+
+    /// Removes `filter`; returns the QoS it had.
+    pub fn remove(&mut self, filter: &str) -> Option<QoS> {
+        let i = self.0.binary_search_by(|(f, _)| (**f).cmp(filter)).ok()?;
+        Some(self.0.remove(i).1)
+    }
+
+    pub fn get(&self, filter: &str) -> Option<QoS> {
+        let i = self.0.binary_search_by(|(f, _)| (**f).cmp(filter)).ok()?;
+        Some(self.0[i].1)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, QoS)> {
+        self.0.iter().map(|(f, q)| (&**f, *q))
+    }
+
+    /// Removes and returns every filter.
+    pub fn drain(&mut self) -> impl Iterator<Item = (Box<str>, QoS)> + '_ {
+        self.0.drain(..)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Packet ids as a sorted Vec (inbound QoS 2 ids awaiting PUBREL): empty for most sessions,
+/// and binary search keeps a client that holds thousands from costing more than a log.
+#[derive(Debug, Default)]
+pub struct PacketIds(Vec<u16>);
+
+impl PacketIds {
+    /// Adds `id`; false if it was there.
+    pub fn insert(&mut self, id: u16) -> bool {
+        match self.0.binary_search(&id) {
+            Ok(_) => false,
+            Err(i) => {
+                self.0.insert(i, id);
+                true
+            }
+        }
+    }
+
+    /// Removes `id`; false if it was not there.
+    pub fn remove(&mut self, id: u16) -> bool {
+        match self.0.binary_search(&id) {
+            Ok(i) => {
+                self.0.remove(i);
+                if self.0.is_empty() {
+                    self.0 = Vec::new();
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    pub fn contains(&self, id: u16) -> bool {
+        self.0.binary_search(&id).is_ok()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = u16> + '_ {
+        self.0.iter().copied()
+    }
+}
+
+impl Extend<u16> for PacketIds {
+    fn extend<I: IntoIterator<Item = u16>>(&mut self, ids: I) {
+        self.0.extend(ids);
+        self.0.sort_unstable();
+        self.0.dedup();
+    }
+}
+
+/// Messages dropped for one client, by reason; allocated on the first drop (most sessions
+/// never drop anything).
+#[derive(Debug, Default)]
+pub struct DropCounts(Option<Box<[u64; DropReason::ALL.len()]>>);
+
+impl DropCounts {
+    pub fn add(&mut self, reason: DropReason) {
+        self.0.get_or_insert_with(Default::default)[reason.index()] += 1;
+    }
+
+    pub fn get(&self, reason: DropReason) -> u64 {
+        self.0.as_ref().map_or(0, |d| d[reason.index()])
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.as_ref().map_or(0, |d| d.iter().sum())
+    }
 }
 
 /// Bound on publishers registered as waiting for one congested session.
@@ -231,16 +355,16 @@ impl SessionState {
             username: None,
             attached: None,
             discarded: false,
-            subscriptions: HashMap::new(),
+            subscriptions: Subscriptions::default(),
             queue: VecDeque::new(),
             queued_bytes: 0,
             queued_qos0: 0,
             queued_bytes_qos0: 0,
             inflight: VecDeque::new(),
             next_pkid: 0,
-            incoming_qos2: HashSet::new(),
+            incoming_qos2: PacketIds::default(),
             disconnected_at: None,
-            dropped: [0; DropReason::ALL.len()],
+            dropped: DropCounts::default(),
             congested_since: None,
             store: None,
             on_disk: None,
@@ -397,7 +521,7 @@ impl SessionState {
 
     /// PUBREL: forgets an inbound QoS 2 packet id.
     pub fn remove_incoming(&mut self, pkid: u16) {
-        if self.incoming_qos2.remove(&pkid) {
+        if self.incoming_qos2.remove(pkid) {
             if let Some((store, client)) = &self.store {
                 store.remove_incoming(client, pkid);
             }
@@ -410,7 +534,7 @@ impl SessionState {
             let subs: Vec<(String, u8)> = self
                 .subscriptions
                 .iter()
-                .map(|(f, q)| (f.to_string(), *q as u8))
+                .map(|(f, q)| (f.to_string(), q as u8))
                 .collect();
             store.put_session(client, &subs, self.attached.is_none());
         }
@@ -468,13 +592,13 @@ impl SessionState {
 
     /// Counts a drop against this client (for the slow-client report) and returns the reason.
     pub fn note_drop(&mut self, reason: DropReason) -> DropReason {
-        self.dropped[reason.index()] += 1;
+        self.dropped.add(reason);
         reason
     }
 
     /// Total messages dropped for this client.
     pub fn dropped_total(&self) -> u64 {
-        self.dropped.iter().sum()
+        self.dropped.total()
     }
 
     fn alloc_pkid(&mut self) -> u16 {
