@@ -552,8 +552,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                             .bytes_sent
                             .fetch_add(n as u64, Relaxed);
                         self.out.advance(n);
-                        if self.out.is_empty() && self.out.capacity() > SHRINK_ABOVE {
-                            self.out = BytesMut::new();
+                        if self.out.is_empty() {
+                            if self.out.capacity() > SHRINK_ABOVE {
+                                self.out = BytesMut::new();
+                            }
+                            // TLS may hold records it could not send yet: flushing sends them
+                            // or registers for writability (a no-op for TCP).
+                            if let Poll::Ready(Err(e)) = Pin::new(&mut self.stream).poll_flush(cx) {
+                                return Poll::Ready(CloseReason::Io(e));
+                            }
                         }
                         progress = true;
                     }
@@ -788,7 +795,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             let budget = WRITE_HIGH_WATER - self.out.len();
             if st.take_ready(self.router.limits(), budget, pending) {
                 // Space again: wake the publishers paused on this queue.
-                let waiters = std::mem::take(&mut st.space_waiters);
+                let waiters = st.take_space_waiters();
                 drop(st);
                 waiters.into_iter().for_each(Waker::wake);
             } else {

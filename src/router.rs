@@ -215,14 +215,16 @@ impl Router {
 
     /// Marks the session discarded, drops its messages and removes its subscriptions.
     fn discard(&self, session: &Arc<Session>) {
-        let (filters, lost) = {
+        let (filters, lost, paused) = {
             let mut st = session.state.lock();
             st.discarded = true;
+            let paused = st.take_space_waiters();
             st.unpersist_session();
             let filters: Vec<Box<str>> = st.subscriptions.drain().map(|(f, _)| f).collect();
             let on_disk = st.on_disk.take().unwrap_or(0);
-            (filters, st.clear_messages() + on_disk)
+            (filters, st.clear_messages() + on_disk, paused)
         };
+        paused.into_iter().for_each(std::task::Waker::wake);
         if !filters.is_empty() {
             let mut trie = self.trie.write();
             for f in &filters {
@@ -239,7 +241,7 @@ impl Router {
     /// Detaches connection `conn_id` from its session. A clean session ends here; a persistent
     /// one starts its expiry clock. Does nothing if another connection took the session over.
     pub fn disconnect(&self, session: &Arc<Session>, conn_id: u64) {
-        let clean = {
+        let (clean, paused) = {
             let mut st = session.state.lock();
             if st.attached.as_ref().map(|a| a.conn_id) != Some(conn_id) {
                 return;
@@ -250,8 +252,10 @@ impl Router {
             session.attached_conn.store(0, Ordering::Release);
             st.disconnected_at = Some(Instant::now());
             st.persist_record();
-            st.clean
+            // Offline sessions hold no publisher back: those paused on it go on now.
+            (st.clean, st.take_space_waiters())
         };
+        paused.into_iter().for_each(std::task::Waker::wake);
         if clean {
             self.sessions
                 .remove_if(&session.client_id, |_, s| Arc::ptr_eq(s, session));

@@ -388,16 +388,21 @@ impl SessionState {
     }
 
     /// Registers a publisher to wake when this congested queue drains. Bounded: past
-    /// MAX_SPACE_WAITERS every waiter is woken and dropped (they register again if still
-    /// paused), so publishers that come and go cannot grow the list.
+    /// MAX_SPACE_WAITERS a publisher is not registered and finds out on its periodic
+    /// recheck instead (waking the others to make room would have them re-register and
+    /// wake each other in a loop while the queue stays full).
     pub fn wait_for_space(&mut self, waker: &Waker) {
-        if self.space_waiters.iter().any(|w| w.will_wake(waker)) {
+        if self.space_waiters.len() >= MAX_SPACE_WAITERS
+            || self.space_waiters.iter().any(|w| w.will_wake(waker))
+        {
             return;
         }
-        if self.space_waiters.len() >= MAX_SPACE_WAITERS {
-            self.space_waiters.drain(..).for_each(Waker::wake);
-        }
         self.space_waiters.push(waker.clone());
+    }
+
+    /// Takes the publishers waiting for this queue's space (to wake outside the lock).
+    pub fn take_space_waiters(&mut self) -> Vec<Waker> {
+        std::mem::take(&mut self.space_waiters)
     }
 
     pub fn is_congested(&self, limits: &SessionLimits) -> bool {
@@ -468,6 +473,7 @@ impl SessionState {
         if !self.persist(&mut item) {
             return Err(self.note_drop(DropReason::StorageError));
         }
+        let was_empty = self.queue.is_empty();
         self.queued_bytes += size;
         if qos0 {
             self.queued_qos0 += 1;
@@ -475,7 +481,14 @@ impl SessionState {
         }
         self.queue.push_back(item);
         Ok(Enqueued {
-            wake: if online { self.waker.take() } else { None },
+            // Only when the queue was empty: with messages already queued the connection is
+            // awake or waits for something that wakes it anyway (its socket, a PUBACK), and
+            // waking it per message would cost a poll per publisher turn.
+            wake: if online && was_empty {
+                self.waker.take()
+            } else {
+                None
+            },
             congested,
         })
     }
@@ -945,5 +958,114 @@ mod tests {
             Some(DropReason::Qos0Offline)
         );
         assert!(s.enqueue(item(QoS::AtLeastOnce), &limits()).is_ok());
+    }
+
+    /// A waker that counts its wake-ups.
+    struct Count(std::sync::atomic::AtomicUsize);
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    fn counting_waker() -> (Arc<Count>, Waker) {
+        let c = Arc::new(Count(std::sync::atomic::AtomicUsize::new(0)));
+        (c.clone(), Waker::from(c))
+    }
+
+    #[test]
+    fn enqueue_hands_back_the_connection_waker_once() {
+        let mut s = SessionState::new(true);
+        attach(&mut s);
+        let (count, waker) = counting_waker();
+        s.set_waker(&waker);
+        let first = s.enqueue(item(QoS::AtMostOnce), &limits()).unwrap();
+        first
+            .wake
+            .expect("the first delivery wakes the connection")
+            .wake();
+        assert_eq!(count.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // The queue was not empty: the connection is awake or waiting for its socket.
+        s.set_waker(&waker);
+        let second = s.enqueue(item(QoS::AtMostOnce), &limits()).unwrap();
+        assert!(second.wake.is_none());
+        assert!(s.waker.is_some(), "left for a takeover or shutdown");
+        // Offline sessions have no connection to wake.
+        s.queue.clear();
+        s.queued_qos0 = 0;
+        s.queued_bytes = 0;
+        s.queued_bytes_qos0 = 0;
+        s.attached = None;
+        s.set_waker(&waker);
+        let mut lim = limits();
+        lim.queue_qos0 = true;
+        assert!(s
+            .enqueue(item(QoS::AtLeastOnce), &lim)
+            .unwrap()
+            .wake
+            .is_none());
+    }
+
+    #[test]
+    fn space_waiters_are_deduplicated_and_bounded() {
+        let mut s = SessionState::new(true);
+        let (count, waker) = counting_waker();
+        s.wait_for_space(&waker);
+        s.wait_for_space(&waker);
+        assert_eq!(s.space_waiters.len(), 1, "the same task registers once");
+        let others: Vec<_> = (0..MAX_SPACE_WAITERS).map(|_| counting_waker()).collect();
+        for (_, w) in &others {
+            s.wait_for_space(w);
+        }
+        // Full: later publishers rely on their recheck; nobody was woken to make room.
+        assert_eq!(s.space_waiters.len(), MAX_SPACE_WAITERS);
+        assert_eq!(count.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+        s.take_space_waiters().into_iter().for_each(Waker::wake);
+        assert_eq!(count.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let woken: Vec<usize> = others
+            .iter()
+            .map(|(c, _)| c.0.load(std::sync::atomic::Ordering::SeqCst))
+            .collect();
+        // The first task took one slot: all others but the last were registered and woken.
+        assert_eq!(woken.iter().sum::<usize>(), MAX_SPACE_WAITERS - 1);
+        assert_eq!(woken.last(), Some(&0));
+    }
+
+    #[test]
+    fn subscriptions_stay_sorted_and_replace_in_place() {
+        let mut subs = Subscriptions::default();
+        assert_eq!(subs.insert("b/#", QoS::AtLeastOnce), None);
+        assert_eq!(subs.insert("a/+", QoS::AtMostOnce), None);
+        // [MQTT-3.8.4-3] the same filter again replaces the QoS.
+        assert_eq!(subs.insert("b/#", QoS::ExactlyOnce), Some(QoS::AtLeastOnce));
+        assert_eq!(
+            subs.iter().collect::<Vec<_>>(),
+            vec![("a/+", QoS::AtMostOnce), ("b/#", QoS::ExactlyOnce)]
+        );
+        assert_eq!(subs.get("a/+"), Some(QoS::AtMostOnce));
+        assert_eq!(subs.remove("a/+"), Some(QoS::AtMostOnce));
+        assert_eq!(subs.remove("a/+"), None);
+        assert_eq!(subs.len(), 1);
+        assert_eq!(subs.drain().count(), 1);
+        assert!(subs.is_empty());
+    }
+
+    #[test]
+    fn packet_ids_and_drop_counts() {
+        let mut ids = PacketIds::default();
+        assert!(ids.insert(7));
+        assert!(!ids.insert(7), "a re-sent QoS 2 PUBLISH is seen");
+        ids.extend([3, 9, 7]);
+        assert_eq!(ids.iter().collect::<Vec<_>>(), vec![3, 7, 9]);
+        assert!(ids.contains(9) && !ids.contains(4));
+        assert!(ids.remove(7) && !ids.remove(7));
+        assert_eq!(ids.len(), 2);
+
+        let mut d = DropCounts::default();
+        assert_eq!((d.total(), d.get(DropReason::QueueFull)), (0, 0));
+        d.add(DropReason::QueueFull);
+        d.add(DropReason::QueueFull);
+        d.add(DropReason::NotAuthorized);
+        assert_eq!(d.get(DropReason::QueueFull), 2);
+        assert_eq!(d.total(), 3);
     }
 }
