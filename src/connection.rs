@@ -17,6 +17,7 @@ use bytes::{Buf, BytesMut};
 use mqttbytes::QoS;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 use tokio_util::io::poll_read_buf;
@@ -109,7 +110,7 @@ pub fn serve<S>(
     permit: Option<OwnedSemaphorePermit>,
 ) -> impl Future<Output = ()> + Send
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: Transport,
 {
     let handshake = Box::pin(handshake(stream, peer, ctx, cert_user, permit));
     async move {
@@ -131,7 +132,7 @@ async fn handshake<S>(
     permit: Option<OwnedSemaphorePermit>,
 ) -> Option<Connection<S>>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: Transport,
 {
     let conn_id = NEXT_CONN_ID.fetch_add(1, Relaxed);
     let stats = &ctx.router.metrics().stats;
@@ -442,6 +443,27 @@ fn shrink_scratch<T>(v: &mut Vec<T>) {
     }
 }
 
+/// A client's byte stream.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Whether `poll_read_ready` tells when data is there; if not, a read is simply tried.
+    const READINESS: bool = false;
+
+    fn poll_read_ready(&self, _cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Transport for TcpStream {
+    const READINESS: bool = true;
+
+    fn poll_read_ready(&self, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        TcpStream::poll_read_ready(self, cx)
+    }
+}
+
+/// rustls may hold decrypted bytes the socket's readiness does not show: always try a read.
+impl Transport for tokio_rustls::server::TlsStream<TcpStream> {}
+
 /// With fsync = always: acknowledgements held until the store has committed everything issued
 /// before them (the ticket), in the order they were produced [MQTT-4.6.0-2]. Boxed in the
 /// connection, and only once an acknowledgement is held.
@@ -483,7 +505,7 @@ struct Connection<S> {
     _permit: Option<OwnedSemaphorePermit>,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
+impl<S: Transport> Connection<S> {
     /// Serves the client until the connection ends. One hand-written poll function instead
     /// of a `select!`: the task stores one timer and nothing per branch.
     async fn run(&mut self) -> CloseReason {
@@ -493,6 +515,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         }
         let mut timer = std::pin::pin!(tokio::time::sleep(self.keepalive()));
         std::future::poll_fn(|cx| self.poll_run(cx, timer.as_mut())).await
+    }
+
+    /// Ready when a read should be tried. A quiet client holds no read buffer: where the
+    /// stream can tell (TCP), wait for data before allocating one, then allocate the adaptive
+    /// read size at once (not 64 bytes and a second read).
+    fn poll_ready_to_read(
+        &mut self,
+        cx: &mut TaskContext<'_>,
+        may_read: bool,
+    ) -> Poll<std::io::Result<()>> {
+        if !may_read {
+            return Poll::Pending;
+        }
+        if self.inbuf.capacity() > 0 || !S::READINESS {
+            return Poll::Ready(Ok(()));
+        }
+        let ready = self.stream.poll_read_ready(cx);
+        if let Poll::Ready(Ok(())) = ready {
+            self.inbuf.reserve(self.read_hint as usize);
+        }
+        ready
     }
 
     /// [MQTT-3.1.2-24] one and a half times the keepalive; 0 disables it.
@@ -568,41 +611,46 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     Poll::Pending => {}
                 }
             }
-            if self.out.len() < WRITE_LIMIT && self.congested.is_none() {
-                // An empty buffer gets 64 bytes from poll_read_buf (BytesMut grows by that much).
-                let spare = (self.inbuf.capacity() - self.inbuf.len()).max(64);
-                match poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.inbuf) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(CloseReason::PeerClosed),
-                    Poll::Ready(Ok(n)) => {
-                        self.router
-                            .metrics()
-                            .stats
-                            .bytes_received
-                            .fetch_add(n as u64, Relaxed);
-                        // Adapt the read size: a read that filled the buffer asks for more.
-                        let hint = self.read_hint as usize;
-                        self.read_hint = if n >= spare {
-                            (hint * 2).min(READ_CHUNK_MAX)
-                        } else if n < hint / 4 {
-                            (hint / 2).max(READ_CHUNK)
-                        } else {
-                            hint
-                        } as u32;
-                        match self.process_input() {
-                            Err(reason) => return Poll::Ready(reason),
-                            Ok(published) if published > 0 => {
-                                // Let the subscribers just woken run before reading more:
-                                // tokio keeps a woken task in this worker's unstealable LIFO
-                                // slot, so a publisher that never yields would starve them.
-                                // Waking ourselves puts this task at the back of the queue.
-                                cx.waker().wake_by_ref();
-                                return Poll::Pending;
+            let may_read = self.out.len() < WRITE_LIMIT && self.congested.is_none();
+            match self.poll_ready_to_read(cx, may_read) {
+                Poll::Ready(Err(e)) => return Poll::Ready(CloseReason::Io(e)),
+                Poll::Pending => {}
+                Poll::Ready(Ok(())) => {
+                    // An empty buffer gets 64 bytes from poll_read_buf (BytesMut grows by that much).
+                    let spare = (self.inbuf.capacity() - self.inbuf.len()).max(64);
+                    match poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.inbuf) {
+                        Poll::Ready(Ok(0)) => return Poll::Ready(CloseReason::PeerClosed),
+                        Poll::Ready(Ok(n)) => {
+                            self.router
+                                .metrics()
+                                .stats
+                                .bytes_received
+                                .fetch_add(n as u64, Relaxed);
+                            // Adapt the read size: a read that filled the buffer asks for more.
+                            let hint = self.read_hint as usize;
+                            self.read_hint = if n >= spare {
+                                (hint * 2).min(READ_CHUNK_MAX)
+                            } else if n < hint / 4 {
+                                (hint / 2).max(READ_CHUNK)
+                            } else {
+                                hint
+                            } as u32;
+                            match self.process_input() {
+                                Err(reason) => return Poll::Ready(reason),
+                                Ok(published) if published > 0 => {
+                                    // Let the subscribers just woken run before reading more:
+                                    // tokio keeps a woken task in this worker's unstealable LIFO
+                                    // slot, so a publisher that never yields would starve them.
+                                    // Waking ourselves puts this task at the back of the queue.
+                                    cx.waker().wake_by_ref();
+                                    return Poll::Pending;
+                                }
+                                Ok(_) => progress = true,
                             }
-                            Ok(_) => progress = true,
                         }
+                        Poll::Ready(Err(e)) => return Poll::Ready(CloseReason::Io(e)),
+                        Poll::Pending => {}
                     }
-                    Poll::Ready(Err(e)) => return Poll::Ready(CloseReason::Io(e)),
-                    Poll::Pending => {}
                 }
             }
             if progress {
