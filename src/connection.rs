@@ -19,7 +19,7 @@ use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 use tokio_util::io::poll_read_buf;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -33,6 +33,10 @@ use crate::protocol::{decode, Connect, Packet, ProtocolError, Will};
 use crate::router::{MatchBuffer, Router};
 use crate::session::{Attachment, DropReason, Outgoing, Queued, Session};
 
+/// Buffers larger than this are freed when they empty.
+const SHRINK_ABOVE: usize = 64 * 1024;
+/// A client silent this long (ms) gets its empty buffers freed (`Router::sweep` wakes it).
+pub const IDLE_AFTER_MS: u64 = 10_000;
 /// Read buffer reserve per read while the client is quiet; idle connections stay this small.
 const READ_CHUNK: usize = 1024;
 /// Largest reserve per read: a busy client doubles its reserve up to this (fewer syscalls).
@@ -45,8 +49,6 @@ const READ_CHUNK_MAX: usize = 16 * 1024;
 const WRITE_HIGH_WATER: usize = 512 * 1024;
 /// Stop reading from a client whose acks we cannot write (it does not read) above this.
 const WRITE_LIMIT: usize = 1024 * 1024;
-/// Buffers larger than this are freed when they empty, so idle connections stay small.
-const SHRINK_ABOVE: usize = 64 * 1024;
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -264,13 +266,16 @@ where
         congested: None,
         held: None,
         conn_id,
-        last_packet: Instant::now(),
         read_hint: READ_CHUNK as u32,
         keep_alive: connect.keep_alive,
-        recheck_armed: false,
+        recheck: None,
         _permit: permit,
     };
     // A persistent session back after a restart: its messages come from disk first.
+    conn.session
+        .keepalive_ms
+        .store(conn.keepalive_ms() as u32, Relaxed);
+    conn.note_activity();
     conn.router.load_stored(&conn.session).await;
     PENDING.with_borrow_mut(|pending| {
         // [MQTT-4.4.0-1] re-send unacknowledged messages, in order, before anything new.
@@ -495,26 +500,25 @@ struct Connection<S> {
     /// Acknowledgements waiting for a commit (fsync = always).
     held: Option<Box<HeldAcks>>,
     conn_id: u64,
-    last_packet: Instant,
     /// Bytes to reserve for the next read (adaptive, READ_CHUNK..=READ_CHUNK_MAX).
     read_hint: u32,
     keep_alive: u16,
-    /// The timer is set to the next recheck rather than to the keepalive deadline.
-    recheck_armed: bool,
+    /// While waiting on a congested subscriber or a commit: when to look again. Boxed, and
+    /// only then: keepalive needs no timer here (`Router::sweep_keepalive` wakes us).
+    recheck: Option<Pin<Box<Sleep>>>,
     /// The max_connections slot, released when the connection ends.
     _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl<S: Transport> Connection<S> {
     /// Serves the client until the connection ends. One hand-written poll function instead
-    /// of a `select!`: the task stores one timer and nothing per branch.
+    /// of a `select!`: the task stores no timer and nothing per branch.
     async fn run(&mut self) -> CloseReason {
         // The client may have sent more packets right behind its CONNECT.
         if let Err(reason) = self.process_input() {
             return reason;
         }
-        let mut timer = std::pin::pin!(tokio::time::sleep(self.keepalive()));
-        std::future::poll_fn(|cx| self.poll_run(cx, timer.as_mut())).await
+        std::future::poll_fn(|cx| self.poll_run(cx)).await
     }
 
     /// Ready when a read should be tried. A quiet client holds no read buffer: where the
@@ -539,15 +543,16 @@ impl<S: Transport> Connection<S> {
     }
 
     /// [MQTT-3.1.2-24] one and a half times the keepalive; 0 disables it.
-    fn keepalive(&self) -> Duration {
-        Duration::from_millis(self.keep_alive as u64 * 1500)
+    fn keepalive_ms(&self) -> u64 {
+        self.keep_alive as u64 * 1500
     }
 
-    fn poll_run(
-        &mut self,
-        cx: &mut TaskContext<'_>,
-        mut timer: Pin<&mut Sleep>,
-    ) -> Poll<CloseReason> {
+    /// A packet arrived (or we resumed reading): the keepalive deadline moves.
+    fn note_activity(&self) {
+        self.session.activity.store(self.router.now_ms(), Relaxed);
+    }
+
+    fn poll_run(&mut self, cx: &mut TaskContext<'_>) -> Poll<CloseReason> {
         loop {
             // Takes deliveries and leaves our waker in the session under one lock: a new
             // delivery, a takeover or shutdown after this point wakes us.
@@ -567,6 +572,8 @@ impl<S: Transport> Connection<S> {
                 } else {
                     drop(st);
                     self.congested = None;
+                    // We were the ones not reading (backpressure): not the client's silence.
+                    self.note_activity();
                     // Go on with the packets that were left buffered when we paused.
                     if let Err(reason) = self.process_input() {
                         return Poll::Ready(reason);
@@ -576,14 +583,10 @@ impl<S: Transport> Connection<S> {
             }
             let waiting = self.congested.is_some()
                 || self.held.as_ref().is_some_and(|h| !h.deferred.is_empty());
-            if waiting && !self.recheck_armed {
+            if waiting && self.recheck.is_none() {
                 // A congested subscriber may turn stalled (a deadline, not an event); a
                 // commit notification may be missed between the check and the wait.
-                let soon = Instant::now() + RECHECK;
-                if self.keep_alive == 0 || soon < timer.deadline() {
-                    timer.as_mut().reset(soon);
-                }
-                self.recheck_armed = true;
+                self.recheck = Some(Box::pin(tokio::time::sleep(RECHECK)));
             }
             if !self.out.is_empty() {
                 match Pin::new(&mut self.stream).poll_write(cx, &self.out) {
@@ -596,6 +599,8 @@ impl<S: Transport> Connection<S> {
                             .fetch_add(n as u64, Relaxed);
                         self.out.advance(n);
                         if self.out.is_empty() {
+                            // A large buffer goes at once; a small one when the client
+                            // turns quiet (below).
                             if self.out.capacity() > SHRINK_ABOVE {
                                 self.out = BytesMut::new();
                             }
@@ -656,39 +661,36 @@ impl<S: Transport> Connection<S> {
             if progress {
                 continue;
             }
-            if (self.keep_alive > 0 || waiting) && timer.as_mut().poll(cx).is_ready() {
-                self.recheck_armed = false;
-                if self.congested.is_some() {
-                    // We are the ones not reading (backpressure): not the client's silence.
-                    self.last_packet = Instant::now();
+            if let Some(recheck) = &mut self.recheck {
+                if recheck.as_mut().poll(cx).is_ready() {
+                    self.recheck = None;
+                    continue;
                 }
-                // At most once a keepalive period: a client that once sent or received a burst
-                // does not keep its large buffers while it is quiet.
-                // (Not on the rechecks every RECHECK while waiting: those are busy clients.)
-                if !waiting && self.inbuf.is_empty() {
+            }
+            // Only here, with nothing left to do: `Router::sweep` wakes us once the keepalive
+            // deadline passed, and once when the client turned quiet.
+            let silent = self
+                .router
+                .now_ms()
+                .saturating_sub(self.session.activity.load(Relaxed));
+            if silent >= IDLE_AFTER_MS {
+                // Quiet: give back the buffers (idle connections are the broker's footprint).
+                if self.inbuf.is_empty() {
                     self.inbuf = BytesMut::new();
                     self.read_hint = READ_CHUNK as u32;
                 }
-                if !waiting && self.out.is_empty() {
+                if self.out.is_empty() {
                     self.out = BytesMut::new();
                 }
-                if self.keep_alive > 0 {
-                    let deadline = self.last_packet + self.keepalive();
-                    if Instant::now() >= deadline {
-                        self.router
-                            .metrics()
-                            .stats
-                            .keepalive_timeouts
-                            .fetch_add(1, Relaxed);
-                        return Poll::Ready(CloseReason::KeepaliveTimeout);
-                    }
-                    timer.as_mut().reset(deadline);
-                } else {
-                    timer
-                        .as_mut()
-                        .reset(Instant::now() + Duration::from_secs(3600));
-                }
-                continue;
+            }
+            // While paused by backpressure the silence is ours, not the client's.
+            if self.keep_alive > 0 && self.congested.is_none() && silent >= self.keepalive_ms() {
+                self.router
+                    .metrics()
+                    .stats
+                    .keepalive_timeouts
+                    .fetch_add(1, Relaxed);
+                return Poll::Ready(CloseReason::KeepaliveTimeout);
             }
             return Poll::Pending;
         }
@@ -807,7 +809,7 @@ impl<S: Transport> Connection<S> {
                 Err(e) => break Err(CloseReason::from(e)),
             }
         };
-        self.last_packet = Instant::now();
+        self.note_activity();
         let stats = &self.router.metrics().stats;
         for (q, n) in received.iter().enumerate() {
             if *n > 0 {
@@ -816,10 +818,11 @@ impl<S: Transport> Connection<S> {
         }
         result?;
         let hint = self.read_hint as usize;
-        if self.inbuf.is_empty() && (self.inbuf.capacity() > 2 * hint || hint == READ_CHUNK) {
-            // A quiet client keeps no read buffer at all between packets: idle connections
-            // are the common case and their memory is the broker's footprint. The next read
-            // allocates a small one (and a busy client keeps its buffer: its hint is larger).
+        if self.inbuf.is_empty() && (hint == READ_CHUNK || self.inbuf.capacity() > 2 * hint) {
+            // A quiet client keeps no read buffer between packets: idle connections are the
+            // common case and their memory is the broker's footprint. Where the stream tells
+            // readiness (TCP) the next read allocates once data is there; a busy client keeps
+            // its buffer (its hint is larger) until it turns quiet.
             self.inbuf = BytesMut::new();
         } else {
             self.inbuf.reserve(hint);
@@ -858,6 +861,17 @@ impl<S: Transport> Connection<S> {
         if pending.is_empty() {
             return;
         }
+        // The whole batch at once: the buffer starts empty after each write, and growing it
+        // by doubling would copy the batch several times.
+        let bytes: usize = pending
+            .iter()
+            .map(|o| match o {
+                // Fixed header (at most 5), topic length, packet id, topic, payload.
+                Outgoing::Publish { item, .. } => 9 + item.msg.size(),
+                Outgoing::PubRel(_) => 4,
+            })
+            .sum();
+        self.out.reserve(bytes);
         let metrics = self.router.metrics();
         let mut sent = [0u64; 3];
         if let Some(Outgoing::Publish { item, .. }) = pending.first() {

@@ -249,6 +249,7 @@ impl Broker {
                 tracker.clone(),
             ));
         }
+        tracker.spawn(keepalive_loop(self.router.clone(), self.shutdown.clone()));
         if let Some(expiry) = self.config.expiration() {
             tracker.spawn(expire_loop(
                 self.router.clone(),
@@ -425,6 +426,21 @@ async fn upkeep_loop(router: Arc<Router>, shutdown: CancellationToken) {
         }
     }
 }
+
+/// Closes clients silent for 1.5 x their keepalive [MQTT-3.1.2-24], within a second of it.
+async fn keepalive_loop(router: Arc<Router>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(KEEPALIVE_SWEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => { router.sweep(connection::IDLE_AFTER_MS); }
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// How often keepalive deadlines are checked: a silent client is closed at most this late.
+const KEEPALIVE_SWEEP: Duration = Duration::from_secs(1);
 
 async fn expire_loop(router: Arc<Router>, expiry: Duration, shutdown: CancellationToken) {
     // Check often enough that a session outlives its expiry by at most a tenth (or a minute).

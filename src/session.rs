@@ -99,6 +99,11 @@ pub struct Session {
     /// Id of the connection attached (0: none). A connection that finds another id here was
     /// taken over [MQTT-3.1.4-2]; cheaper than a cancellation token per connection.
     pub attached_conn: std::sync::atomic::AtomicU64,
+    /// When the attached client last sent a packet, in ms of the router's clock.
+    pub activity: std::sync::atomic::AtomicU64,
+    /// 1.5 x the attached client's keepalive, in ms; 0 when it has none or is offline. The
+    /// router's sweep wakes connections past it, which then close [MQTT-3.1.2-24].
+    pub keepalive_ms: std::sync::atomic::AtomicU32,
 }
 
 impl Session {
@@ -117,6 +122,8 @@ impl Session {
             client_id,
             state: Mutex::new(state),
             attached_conn: std::sync::atomic::AtomicU64::new(0),
+            activity: std::sync::atomic::AtomicU64::new(0),
+            keepalive_ms: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
