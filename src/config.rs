@@ -206,6 +206,10 @@ pub struct Config {
     pub fsync: FsyncMode,
     /// Milliseconds between fsyncs with fsync = "interval". Default 1000.
     pub fsync_interval: u64,
+    /// Bytes of writes waiting for the disk above which publishers are paused until half of
+    /// it is written. Default 64 MiB: a disk slower than the message rate must not grow the
+    /// broker's memory without bound.
+    pub max_storage_backlog: usize,
 }
 
 /// The `fsync` option.
@@ -246,6 +250,7 @@ impl Default for Config {
             persistence_location: PathBuf::from("roostd-data"),
             fsync: FsyncMode::Interval,
             fsync_interval: 1000,
+            max_storage_backlog: crate::storage::DEFAULT_BACKLOG_LIMIT,
         }
     }
 }
@@ -302,6 +307,9 @@ impl Config {
         for l in &self.listener {
             l.socket_addr()?;
             l.tls_files()?;
+        }
+        if self.max_storage_backlog == 0 {
+            return Err(invalid("max_storage_backlog", "must be at least 1"));
         }
         if self.fsync_interval == 0 {
             return Err(invalid("fsync_interval", "must be at least 1 millisecond"));
@@ -444,6 +452,7 @@ mod tests {
                 "persistent_client_expiration",
             ),
             ("message_size_limit = 0", "message_size_limit"),
+            ("max_storage_backlog = 0", "max_storage_backlog"),
             ("max_queued_messages = \"many\"", "max_queued_messages"),
             (
                 "[[listener]]\nport = 1\nbind_address = \"nowhere\"",

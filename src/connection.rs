@@ -269,6 +269,7 @@ where
         read_hint: READ_CHUNK as u32,
         keep_alive: connect.keep_alive,
         recheck: None,
+        storage_paused: false,
         _permit: permit,
     };
     // A persistent session back after a restart: its messages come from disk first.
@@ -506,6 +507,8 @@ struct Connection<S> {
     /// While waiting on a congested subscriber or a commit: when to look again. Boxed, and
     /// only then: keepalive needs no timer here (`Router::sweep_keepalive` wakes us).
     recheck: Option<Pin<Box<Sleep>>>,
+    /// Reading is paused because writes to disk fell behind (max_storage_backlog).
+    storage_paused: bool,
     /// The max_connections slot, released when the connection ends.
     _permit: Option<OwnedSemaphorePermit>,
 }
@@ -563,7 +566,17 @@ impl<S: Transport> Connection<S> {
             if self.router.is_closing() {
                 return Poll::Ready(CloseReason::Shutdown);
             }
-            let mut progress = self.release_acks(cx);
+            let mut progress = false;
+            if self.storage_paused && self.router.store().is_none_or(|s| s.backlog_eased()) {
+                self.storage_paused = false;
+                // We were the ones not reading: not the client's silence.
+                self.note_activity();
+                if let Err(reason) = self.process_input() {
+                    return Poll::Ready(reason);
+                }
+                progress = true;
+            }
+            progress |= self.release_acks(cx);
             if let Some(s) = &self.congested {
                 let mut st = s.state.lock();
                 if st.is_congested(self.router.limits()) {
@@ -582,6 +595,7 @@ impl<S: Transport> Connection<S> {
                 }
             }
             let waiting = self.congested.is_some()
+                || self.storage_paused
                 || self.held.as_ref().is_some_and(|h| !h.deferred.is_empty());
             if waiting && self.recheck.is_none() {
                 // A congested subscriber may turn stalled (a deadline, not an event); a
@@ -616,7 +630,8 @@ impl<S: Transport> Connection<S> {
                     Poll::Pending => {}
                 }
             }
-            let may_read = self.out.len() < WRITE_LIMIT && self.congested.is_none();
+            let may_read =
+                self.out.len() < WRITE_LIMIT && self.congested.is_none() && !self.storage_paused;
             match self.poll_ready_to_read(cx, may_read) {
                 Poll::Ready(Err(e)) => return Poll::Ready(CloseReason::Io(e)),
                 Poll::Pending => {}
@@ -684,7 +699,8 @@ impl<S: Transport> Connection<S> {
                 }
             }
             // While paused by backpressure the silence is ours, not the client's.
-            if self.keep_alive > 0 && self.congested.is_none() && silent >= self.keepalive_ms() {
+            let paused = self.congested.is_some() || self.storage_paused;
+            if self.keep_alive > 0 && !paused && silent >= self.keepalive_ms() {
                 self.router
                     .metrics()
                     .stats
@@ -740,23 +756,27 @@ impl<S: Transport> Connection<S> {
 
     /// Moves held acknowledgements whose data is on disk into the write buffer; true if
     /// the commit wait ended (something may be released).
+    /// Also waits for commits while reading is paused for the storage backlog.
     fn release_acks(&mut self, cx: &mut TaskContext<'_>) -> bool {
-        let Some(held) = &mut self.held else {
-            return false;
-        };
         let Some(store) = self.router.store() else {
             return false;
         };
-        let committed = store.committed();
-        while held.deferred.front().is_some_and(|(t, _)| *t <= committed) {
-            if let Some((_, bytes)) = held.deferred.pop_front() {
-                self.out.extend_from_slice(&bytes);
+        if let Some(held) = &mut self.held {
+            let committed = store.committed();
+            while held.deferred.front().is_some_and(|(t, _)| *t <= committed) {
+                if let Some((_, bytes)) = held.deferred.pop_front() {
+                    self.out.extend_from_slice(&bytes);
+                }
             }
         }
-        if held.deferred.is_empty() {
-            held.commit = None;
+        let acks_held = self.held.as_ref().is_some_and(|h| !h.deferred.is_empty());
+        if !acks_held && !self.storage_paused {
+            if let Some(held) = &mut self.held {
+                held.commit = None;
+            }
             return false;
         }
+        let held = self.held.get_or_insert_with(Box::default);
         let wait = held.commit.get_or_insert_with(|| {
             let notify = store.commit_notify.clone();
             Box::pin(async move { notify.notified().await })
@@ -792,8 +812,8 @@ impl<S: Transport> Connection<S> {
         let limit = self.config.message_size_limit;
         let mut received = [0u64; 3];
         let result = loop {
-            if self.congested.is_some() {
-                // Paused by a full subscriber queue: leave the rest buffered.
+            if self.congested.is_some() || self.storage_paused {
+                // Paused (a full subscriber queue, or the disk behind): leave the rest buffered.
                 break Ok(());
             }
             match decode(&mut self.inbuf, limit) {
@@ -976,6 +996,18 @@ impl<S: Transport> Connection<S> {
         });
         if self.congested.is_none() {
             self.congested = outcome.congested;
+        }
+        if let Some(store) = self.router.store() {
+            if !self.storage_paused && store.backlogged() {
+                // The disk is behind: stop reading this publisher until it catches up (TCP
+                // slows the client), instead of holding ever more writes in memory.
+                self.storage_paused = true;
+                self.router
+                    .metrics()
+                    .stats
+                    .storage_pauses
+                    .fetch_add(1, Relaxed);
+            }
         }
         if outcome.unstored && qos != QoS::AtMostOnce {
             return Err(CloseReason::Refused(

@@ -48,6 +48,8 @@ pub struct Stats {
     pub tls_handshake_failures: AtomicU64,
     /// Certificate reloads refused because the new files were bad.
     pub tls_reload_failures: AtomicU64,
+    /// Publishers paused because writes to disk fell behind (max_storage_backlog).
+    pub storage_pauses: AtomicU64,
 }
 
 impl Stats {
@@ -89,6 +91,8 @@ pub struct Gauges {
     pub max_client_queue: u64,
     /// Failed storage commits.
     pub storage_errors: u64,
+    /// Bytes of writes waiting for the disk.
+    pub storage_backlog_bytes: u64,
 }
 
 /// Histogram buckets for publish-to-delivery latency, in seconds.
@@ -122,6 +126,8 @@ struct Handles {
     retained: Gauge,
     max_client_queue: Gauge,
     storage_errors: Counter,
+    storage_pauses: Counter,
+    storage_backlog: Gauge,
     uptime: Gauge,
     resident_memory: Gauge,
     cpu_seconds: Counter,
@@ -205,6 +211,8 @@ impl Metrics {
                 retained: gauge!("roostd_retained_messages"),
                 max_client_queue: gauge!("roostd_client_queue_max_messages"),
                 storage_errors: counter!("roostd_storage_errors_total"),
+                storage_pauses: counter!("roostd_storage_backlog_pauses_total"),
+                storage_backlog: gauge!("roostd_storage_backlog_bytes"),
                 uptime: gauge!("roostd_uptime_seconds"),
                 resident_memory: gauge!("process_resident_memory_bytes"),
                 cpu_seconds: counter!("process_cpu_seconds_total"),
@@ -286,6 +294,8 @@ impl Metrics {
         h.retained.set(gauges.retained_messages as f64);
         h.max_client_queue.set(gauges.max_client_queue as f64);
         h.storage_errors.absolute(gauges.storage_errors);
+        h.storage_pauses.absolute(s.storage_pauses.load(Relaxed));
+        h.storage_backlog.set(gauges.storage_backlog_bytes as f64);
         h.uptime.set(self.uptime().as_secs_f64());
         let p = process_figures();
         h.resident_memory.set(p.rss_bytes as f64);
@@ -377,6 +387,15 @@ fn describe() {
     describe_counter!(
         "roostd_storage_errors_total",
         "Failed storage commits (persistence)."
+    );
+    describe_counter!(
+        "roostd_storage_backlog_pauses_total",
+        "Publishers paused because writes to disk fell behind (max_storage_backlog)."
+    );
+    describe_gauge!(
+        "roostd_storage_backlog_bytes",
+        Unit::Bytes,
+        "Bytes of writes waiting for the disk (persistence)."
     );
     describe_gauge!(
         "roostd_uptime_seconds",

@@ -515,6 +515,7 @@ impl Router {
             .store
             .as_ref()
             .map_or(0, |s| s.errors.load(Ordering::Relaxed));
+        g.storage_backlog_bytes = self.store.as_ref().map_or(0, |s| s.backlog_bytes() as u64);
         g.subscriptions = self.subscription_count() as u64;
         g.retained_messages = self.retained_count() as u64;
         g

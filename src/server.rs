@@ -144,6 +144,7 @@ impl Broker {
                 &config.persistence_location,
                 config.fsync_policy(),
             )?);
+            store.set_backlog_limit(config.max_storage_backlog);
             Some(store)
         } else {
             None

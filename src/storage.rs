@@ -13,7 +13,7 @@
 //! and increase, so one client's messages come back in the order they were queued.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -110,6 +110,29 @@ enum Op {
     Shutdown,
 }
 
+impl Op {
+    /// Memory the operation holds while it waits for the writer (keys, values, overhead).
+    fn cost(&self) -> usize {
+        const OVERHEAD: usize = 48;
+        OVERHEAD
+            + match self {
+                Op::PutMessage { key, value } => key.len() + value.len(),
+                Op::SetInflight { key, .. }
+                | Op::DeleteMessage { key }
+                | Op::AddIncoming { key }
+                | Op::RemoveIncoming { key } => key.len(),
+                Op::PutRetained { topic, value } => topic.len() + value.len(),
+                Op::DeleteRetained { topic } => topic.len(),
+                Op::PutSession { client, value } => client.len() + value.len(),
+                Op::DeleteSession { client } => client.len(),
+                Op::Shutdown => 0,
+            }
+    }
+}
+
+/// Default bound on operations waiting for the writer (`max_storage_backlog`).
+pub const DEFAULT_BACKLOG_LIMIT: usize = 64 * 1024 * 1024;
+
 /// A stored message of a persistent session.
 #[derive(Debug, Clone)]
 pub struct StoredMessage {
@@ -158,6 +181,10 @@ pub struct Store {
     healthy: Arc<AtomicBool>,
     /// Failed commits so far.
     pub errors: Arc<AtomicU64>,
+    /// Bytes of operations sent to the writer and not yet committed.
+    backlog: Arc<AtomicUsize>,
+    /// Above this backlog publishers are paused until it halves (`max_storage_backlog`).
+    backlog_limit: AtomicUsize,
     next_seq: AtomicU64,
     policy: FsyncPolicy,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -306,17 +333,19 @@ impl Store {
         let commit_notify = Arc::new(Notify::new());
         let healthy = Arc::new(AtomicBool::new(true));
         let errors = Arc::new(AtomicU64::new(0));
+        let backlog = Arc::new(AtomicUsize::new(0));
         let writer = {
-            let (db, committed, notify, healthy, errors) = (
-                db.clone(),
-                committed.clone(),
-                commit_notify.clone(),
-                healthy.clone(),
-                errors.clone(),
-            );
+            let shared = Shared {
+                committed: committed.clone(),
+                notify: commit_notify.clone(),
+                healthy: healthy.clone(),
+                errors: errors.clone(),
+                backlog: backlog.clone(),
+            };
+            let db = db.clone();
             std::thread::Builder::new()
                 .name("roostd-storage".into())
-                .spawn(move || writer_loop(db, rx, policy, committed, notify, healthy, errors))
+                .spawn(move || writer_loop(db, rx, policy, shared))
                 .map_err(StorageError::Thread)?
         };
         info!("Persistence in {} (fsync {policy:?}).", path.display());
@@ -329,6 +358,8 @@ impl Store {
             commit_notify,
             healthy,
             errors,
+            backlog,
+            backlog_limit: AtomicUsize::new(DEFAULT_BACKLOG_LIMIT),
             next_seq: AtomicU64::new(next_seq),
             policy,
             writer: Mutex::new(Some(writer)),
@@ -369,10 +400,33 @@ impl Store {
         let guard = self.tx.lock();
         if let Some(tx) = guard.as_ref() {
             let ticket = self.issued.fetch_add(1, SeqCst) + 1;
+            let cost = op.cost();
+            self.backlog.fetch_add(cost, Relaxed);
             if tx.send((ticket, op)).is_err() {
+                self.backlog.fetch_sub(cost, Relaxed);
                 self.healthy.store(false, Relaxed);
             }
         }
+    }
+
+    /// Sets `max_storage_backlog` (bytes).
+    pub fn set_backlog_limit(&self, bytes: usize) {
+        self.backlog_limit.store(bytes.max(1), Relaxed);
+    }
+
+    /// Bytes of operations waiting for the writer.
+    pub fn backlog_bytes(&self) -> usize {
+        self.backlog.load(Relaxed)
+    }
+
+    /// The disk is behind by more than `max_storage_backlog`: publishers pause.
+    pub fn backlogged(&self) -> bool {
+        self.backlog_bytes() > self.backlog_limit.load(Relaxed)
+    }
+
+    /// A paused publisher may go on: the backlog is down to half the limit.
+    pub fn backlog_eased(&self) -> bool {
+        self.backlog_bytes() <= self.backlog_limit.load(Relaxed) / 2
     }
 
     pub fn put_message(&self, client: &str, seq: u64, qos: u8, topic: &[u8], payload: &[u8]) {
@@ -670,15 +724,23 @@ fn apply(
     Ok(())
 }
 
-fn writer_loop(
-    db: Arc<Database>,
-    rx: Receiver<(u64, Op)>,
-    policy: FsyncPolicy,
+/// What the writer thread shares with the `Store`.
+struct Shared {
     committed: Arc<AtomicU64>,
     notify: Arc<Notify>,
     healthy: Arc<AtomicBool>,
     errors: Arc<AtomicU64>,
-) {
+    backlog: Arc<AtomicUsize>,
+}
+
+fn writer_loop(db: Arc<Database>, rx: Receiver<(u64, Op)>, policy: FsyncPolicy, shared: Shared) {
+    let Shared {
+        committed,
+        notify,
+        healthy,
+        errors,
+        backlog,
+    } = shared;
     let mut last_sync = Instant::now();
     let mut unsynced = false;
     let mut next_seq_seen = 1u64;
@@ -736,6 +798,8 @@ fn writer_loop(
         })();
         match result {
             Ok(()) => {
+                // Before `committed` moves: whoever that wakes sees the smaller backlog.
+                backlog.fetch_sub(batch.iter().map(|(_, op)| op.cost()).sum(), Relaxed);
                 if let Some(last) = batch
                     .iter()
                     .map(|(t, _)| *t)
@@ -784,6 +848,26 @@ mod tests {
         let d = std::env::temp_dir().join(format!("roostd-store-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d
+    }
+
+    #[test]
+    fn backlog_counts_writes_until_committed() {
+        let d = dir("backlog");
+        let s = Store::open(&d, FsyncPolicy::Never).unwrap();
+        s.set_backlog_limit(4096);
+        assert_eq!(s.backlog_bytes(), 0);
+        assert!(!s.backlogged() && s.backlog_eased());
+        for _ in 0..100 {
+            let seq = s.next_seq();
+            s.put_message("c", seq, 1, b"t", &[0u8; 1024]);
+        }
+        // The writer may have taken some already; never more than was sent.
+        assert!(s.backlog_bytes() <= 100 * (1024 + 128));
+        s.flush_blocking();
+        assert_eq!(s.backlog_bytes(), 0, "committed writes leave the backlog");
+        assert!(!s.backlogged() && s.backlog_eased());
+        s.close();
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]

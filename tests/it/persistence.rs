@@ -354,3 +354,43 @@ async fn an_expired_persistent_session_is_removed_from_disk() {
     b.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A disk slower than the message rate pauses publishers (max_storage_backlog) instead of
+/// holding ever more writes in memory; nothing is dropped and the paused publisher goes on once
+/// the writes caught up. With a 1-byte limit every persisted message pauses its publisher.
+#[tokio::test]
+async fn publishers_pause_while_writes_to_disk_are_behind() {
+    let dir = tmp("backlog");
+    let (b, router, _) = start_from_toml(&config_toml(&format!(
+        "persistence = true\npersistence_location = {dir:?}\nfsync = \"never\"\nmax_storage_backlog = 1"
+    )))
+    .await;
+    offline_subscriber(b.addr, "slow-disk-sub", "bl/#", 1).await;
+    let mut p = Raw::client(b.addr, "slow-disk-pub").await;
+    // All at once: the broker has to stop reading in the middle and go on later.
+    let n = 200u16;
+    let mut burst = Vec::new();
+    for i in 0..n {
+        burst.extend(publish("bl/t", &i.to_be_bytes(), 1, false, false, i + 1));
+    }
+    p.send(&burst).await;
+    for i in 0..n {
+        assert_eq!(p.expect_kind(PUBACK).await.ack_pid(), i + 1);
+    }
+    let pauses = router
+        .metrics()
+        .stats
+        .storage_pauses
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(pauses > 0, "the publisher was never paused");
+    let (mut s, present) =
+        Raw::connect_ok(b.addr, &Connect::new("slow-disk-sub").clean(false)).await;
+    assert!(present);
+    for i in 0..n {
+        let m = s.recv_publish_ack().await;
+        assert_eq!(m.payload, i.to_be_bytes().to_vec(), "message {i}");
+    }
+    drop(s);
+    b.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
