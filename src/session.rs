@@ -228,21 +228,45 @@ pub struct SessionState {
     pub space_waiters: Vec<Waker>,
 }
 
-/// A session's subscriptions (filter -> granted QoS), sorted by filter. A Vec, not a HashMap:
-/// most clients hold a few, and this is memory per session.
-#[derive(Debug, Default)]
-pub struct Subscriptions(Vec<(Box<str>, QoS)>);
+/// A session's subscriptions (filter -> granted QoS): a sorted Vec while few (most clients hold
+/// a handful, and this is memory per session), a HashMap past MANY_SUBSCRIPTIONS (so a client
+/// subscribing to thousands of filters one by one costs O(1) each, not a memmove each).
+#[derive(Debug)]
+pub enum Subscriptions {
+    Few(Vec<(Box<str>, QoS)>),
+    Many(Box<std::collections::HashMap<Box<str>, QoS>>),
+}
+
+/// Above this many filters a session's subscriptions move to a HashMap.
+const MANY_SUBSCRIPTIONS: usize = 64;
+
+impl Default for Subscriptions {
+    fn default() -> Self {
+        Subscriptions::Few(Vec::new())
+    }
+}
 
 impl Subscriptions {
     /// Adds or replaces `filter`; returns the QoS it had.
     pub fn insert(&mut self, filter: &str, qos: QoS) -> Option<QoS> {
-        match self.0.binary_search_by(|(f, _)| (**f).cmp(filter)) {
-            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, qos)),
+        let few = match self {
+            Subscriptions::Many(map) => return map.insert(filter.into(), qos),
+            Subscriptions::Few(few) => few,
+        };
+        match few.binary_search_by(|(f, _)| (**f).cmp(filter)) {
+            Ok(i) => Some(std::mem::replace(&mut few[i].1, qos)),
+            Err(_) if few.len() >= MANY_SUBSCRIPTIONS => {
+                let mut map: std::collections::HashMap<Box<str>, QoS> =
+                    std::mem::take(few).into_iter().collect();
+                map.insert(filter.into(), qos);
+                *self = Subscriptions::Many(Box::new(map));
+                None
+            }
             Err(i) => {
-                if self.0.capacity() == 0 {
-                    self.0.reserve_exact(1);
+                if few.capacity() == 0 {
+                    few.reserve_exact(1);
                 }
-                self.0.insert(i, (filter.into(), qos));
+                few.insert(i, (filter.into(), qos));
                 None
             }
         }
@@ -250,30 +274,54 @@ impl Subscriptions {
 
     /// Removes `filter`; returns the QoS it had.
     pub fn remove(&mut self, filter: &str) -> Option<QoS> {
-        let i = self.0.binary_search_by(|(f, _)| (**f).cmp(filter)).ok()?;
-        Some(self.0.remove(i).1)
+        match self {
+            Subscriptions::Many(map) => map.remove(filter),
+            Subscriptions::Few(few) => {
+                let i = few.binary_search_by(|(f, _)| (**f).cmp(filter)).ok()?;
+                Some(few.remove(i).1)
+            }
+        }
     }
 
     pub fn get(&self, filter: &str) -> Option<QoS> {
-        let i = self.0.binary_search_by(|(f, _)| (**f).cmp(filter)).ok()?;
-        Some(self.0[i].1)
+        match self {
+            Subscriptions::Many(map) => map.get(filter).copied(),
+            Subscriptions::Few(few) => {
+                let i = few.binary_search_by(|(f, _)| (**f).cmp(filter)).ok()?;
+                Some(few[i].1)
+            }
+        }
     }
 
+    /// Every filter (sorted while few, in no order once many).
     pub fn iter(&self) -> impl Iterator<Item = (&str, QoS)> {
-        self.0.iter().map(|(f, q)| (&**f, *q))
+        let (few, many) = match self {
+            Subscriptions::Few(v) => (Some(v.iter()), None),
+            Subscriptions::Many(m) => (None, Some(m.iter())),
+        };
+        few.into_iter()
+            .flatten()
+            .map(|(f, q)| (&**f, *q))
+            .chain(many.into_iter().flatten().map(|(f, q)| (&**f, *q)))
     }
 
     /// Removes and returns every filter.
-    pub fn drain(&mut self) -> impl Iterator<Item = (Box<str>, QoS)> + '_ {
-        self.0.drain(..)
+    pub fn drain(&mut self) -> std::vec::IntoIter<(Box<str>, QoS)> {
+        match std::mem::take(self) {
+            Subscriptions::Few(v) => v.into_iter(),
+            Subscriptions::Many(m) => m.into_iter().collect::<Vec<_>>().into_iter(),
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        match self {
+            Subscriptions::Few(v) => v.len(),
+            Subscriptions::Many(m) => m.len(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.len() == 0
     }
 }
 
@@ -1053,6 +1101,28 @@ mod tests {
         assert_eq!(subs.remove("a/+"), None);
         assert_eq!(subs.len(), 1);
         assert_eq!(subs.drain().count(), 1);
+        assert!(subs.is_empty());
+    }
+
+    #[test]
+    fn many_subscriptions_move_to_a_map_and_keep_working() {
+        let mut subs = Subscriptions::default();
+        let n = MANY_SUBSCRIPTIONS * 3;
+        // Descending: the worst order for a sorted Vec.
+        for i in (0..n).rev() {
+            assert_eq!(subs.insert(&format!("f/{i:05}"), QoS::AtLeastOnce), None);
+        }
+        assert!(matches!(subs, Subscriptions::Many(_)));
+        assert_eq!(subs.len(), n);
+        assert_eq!(
+            subs.insert("f/00007", QoS::ExactlyOnce),
+            Some(QoS::AtLeastOnce)
+        );
+        assert_eq!(subs.get("f/00007"), Some(QoS::ExactlyOnce));
+        assert_eq!(subs.remove("f/00008"), Some(QoS::AtLeastOnce));
+        assert_eq!(subs.get("f/00008"), None);
+        assert_eq!(subs.iter().count(), n - 1);
+        assert_eq!(subs.drain().count(), n - 1);
         assert!(subs.is_empty());
     }
 
