@@ -963,13 +963,17 @@ impl<S: Transport> Connection<S> {
                     );
                 }
             }
-            Packet::Subscribe { pkid, filters } => self.on_subscribe(pkid, filters),
+            Packet::Subscribe { pkid, filters } => {
+                self.on_subscribe(pkid, filters);
+                self.check_storage_backlog();
+            }
             Packet::Unsubscribe { pkid, filters } => {
                 for f in &filters {
                     self.router.unsubscribe(&self.session, f);
                 }
                 // [MQTT-3.10.4-4]/[MQTT-3.10.4-5] UNSUBACK even when nothing was subscribed.
                 codec::encode_ack(&mut self.out, Ack::UnsubAck, pkid);
+                self.check_storage_backlog();
             }
             Packet::PingReq => codec::encode_pingresp(&mut self.out),
             Packet::Disconnect => {
@@ -997,10 +1001,21 @@ impl<S: Transport> Connection<S> {
         if self.congested.is_none() {
             self.congested = outcome.congested;
         }
+        self.check_storage_backlog();
+        if outcome.unstored && qos != QoS::AtMostOnce {
+            return Err(CloseReason::Refused(
+                "storage is failing: message not acknowledged, closing so the client re-sends it",
+            ));
+        }
+        Ok(())
+    }
+
+    /// After what writes to the store (messages, subscription records): if the disk is behind,
+    /// stop reading this client until it catches up (TCP slows the client) instead of holding
+    /// ever more writes in memory. Acknowledgements, which only delete, are not checked.
+    fn check_storage_backlog(&mut self) {
         if let Some(store) = self.router.store() {
             if !self.storage_paused && store.backlogged() {
-                // The disk is behind: stop reading this publisher until it catches up (TCP
-                // slows the client), instead of holding ever more writes in memory.
                 self.storage_paused = true;
                 self.router
                     .metrics()
@@ -1009,12 +1024,6 @@ impl<S: Transport> Connection<S> {
                     .fetch_add(1, Relaxed);
             }
         }
-        if outcome.unstored && qos != QoS::AtMostOnce {
-            return Err(CloseReason::Refused(
-                "storage is failing: message not acknowledged, closing so the client re-sends it",
-            ));
-        }
-        Ok(())
     }
 
     fn on_publish(&mut self, pkid: u16, publication: Publication) -> Result<(), CloseReason> {

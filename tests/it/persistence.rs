@@ -394,3 +394,38 @@ async fn publishers_pause_while_writes_to_disk_are_behind() {
     b.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Subscription records are writes too: a persistent client sending SUBSCRIBEs faster than the
+/// disk takes them is paused the same way, and every SUBACK still comes, in order.
+#[tokio::test]
+async fn subscribers_pause_too_while_writes_to_disk_are_behind() {
+    let dir = tmp("backlog-sub");
+    let (b, router, _) = start_from_toml(&config_toml(&format!(
+        "persistence = true\npersistence_location = {dir:?}\nfsync = \"never\"\nmax_storage_backlog = 1"
+    )))
+    .await;
+    let (mut s, _) = Raw::connect_ok(b.addr, &Connect::new("many-filters").clean(false)).await;
+    let n = 100u16;
+    let mut burst = Vec::new();
+    for i in 0..n {
+        burst.extend(subscribe(i + 1, &[(&format!("f/{i}"), 1)]));
+    }
+    s.send(&burst).await;
+    for i in 0..n {
+        let ack = s.expect_kind(SUBACK).await;
+        assert_eq!(
+            ack.body,
+            vec![((i + 1) >> 8) as u8, (i + 1) as u8, 1],
+            "SUBACK {i}"
+        );
+    }
+    let pauses = router
+        .metrics()
+        .stats
+        .storage_pauses
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(pauses > 0, "the subscriber was never paused");
+    drop(s);
+    b.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
