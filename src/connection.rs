@@ -74,10 +74,11 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    /// The will is published on every close but a DISCONNECT packet [MQTT-3.1.2-8]/[MQTT-3.1.2-10]
-    /// (and broker shutdown, when no one is left to receive it).
+    /// The will is published on every close but a DISCONNECT packet [MQTT-3.1.2-8]/[MQTT-3.1.2-10],
+    /// broker shutdown included (as Mosquitto does): the client did not say goodbye, and a
+    /// retained will or one queued for a persistent session is stored before the store closes.
     fn publishes_will(&self) -> bool {
-        !matches!(self, CloseReason::Disconnect | CloseReason::Shutdown)
+        !matches!(self, CloseReason::Disconnect)
     }
 }
 

@@ -429,3 +429,35 @@ async fn subscribers_pause_too_while_writes_to_disk_are_behind() {
     b.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// [MQTT-3.1.2-8] Broker shutdown ends a connection without DISCONNECT: its will is published
+/// (as Mosquitto does) and, being retained and queued for a persistent session, is on disk
+/// after the restart.
+#[tokio::test]
+async fn wills_are_published_at_shutdown_and_kept_across_the_restart() {
+    let dir = tmp("shutdown-will");
+    let b = start(&dir).await;
+    offline_subscriber(b.addr, "watcher", "status/#", 1).await;
+    let will = Will::new("status/dev", b"offline", 1, true);
+    let (dev, _) = Raw::connect_ok(b.addr, &Connect::new("dev").will(will)).await;
+    b.stop().await.unwrap();
+    drop(dev);
+
+    let b = start(&dir).await;
+    let (mut w, present) = Raw::connect_ok(b.addr, &Connect::new("watcher").clean(false)).await;
+    assert!(present);
+    let m = w.recv_publish_ack().await;
+    assert_eq!(
+        (m.topic.as_str(), m.payload.as_slice()),
+        ("status/dev", &b"offline"[..])
+    );
+    let mut fresh = Raw::client(b.addr, "fresh").await;
+    fresh.send(&subscribe(1, &[("status/dev", 1)])).await;
+    fresh.expect_kind(SUBACK).await;
+    let r = fresh.recv_publish().await;
+    assert!(r.retain, "the retained will was not kept");
+    assert_eq!(r.payload, b"offline");
+    drop((w, fresh));
+    b.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
