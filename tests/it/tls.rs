@@ -568,3 +568,145 @@ async fn mosquitto_clients_work_over_tls_with_cafile_and_client_certificates() {
     .await;
     assert_eq!(out.trim(), "tls/interop hello tls");
 }
+
+/// A TLS subscriber that stops reading fills its socket, so the broker's TLS layer holds
+/// records it could not send; once the client reads again every message still arrives (the
+/// broker flushes TLS after its own buffer empties, not only on the next write).
+#[tokio::test]
+async fn a_tls_subscriber_that_paused_reading_still_gets_everything() {
+    let pki = Pki::new("tlsflush");
+    pki.leaf("server", "localhost", None);
+    let (b, _, _) = start_tls_broker(
+        "allow_anonymous = true\nmax_queued_messages = 10000\nmax_queued_bytes = 268435456",
+        &tls_listener_toml(&pki, ""),
+    )
+    .await;
+    let cfg = client_config(&pki.path("ca.pem"), None);
+    let (mut sub, rc) = mqtt_over_tls(b.addr, cfg.clone(), "tls-slow-sub").await;
+    assert_eq!(rc, 0);
+    sub.write_all(&subscribe(1, &[("big/#", 0)])).await.unwrap();
+    let ack = tokio::time::timeout(TIMEOUT, read_packet(&mut sub))
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("SUBACK");
+    assert_eq!(ack.header, 0x90);
+
+    // 4 MiB while the subscriber does not read: far more than the socket buffers hold.
+    let (mut publ, rc) = mqtt_over_tls(b.addr, cfg, "tls-fast-pub").await;
+    assert_eq!(rc, 0);
+    let n = 256usize;
+    let payload = vec![0x5a; 16 * 1024];
+    for _ in 0..n {
+        publ.write_all(&publish("big/t", &payload, 0, false, false, 0))
+            .await
+            .unwrap();
+    }
+    publ.write_all(&publish("big/end", b"end", 0, false, false, 0))
+        .await
+        .unwrap();
+    publ.flush().await.unwrap();
+
+    let mut got = 0usize;
+    loop {
+        let p = tokio::time::timeout(TIMEOUT, read_packet(&mut sub))
+            .await
+            .expect("a message held back in the broker's TLS layer never came")
+            .unwrap()
+            .expect("broker closed the connection");
+        assert_eq!(p.header & 0xF0, 0x30, "expected PUBLISH, got {p:?}");
+        if p.body.ends_with(b"end") && p.body.len() < 100 {
+            break;
+        }
+        got += 1;
+    }
+    assert_eq!(got, n, "messages lost on the way");
+}
+
+/// A stream that, like TLS, may accept bytes without sending them until it is flushed.
+struct Buffering(tokio::io::BufWriter<tokio::io::DuplexStream>);
+
+impl tokio::io::AsyncRead for Buffering {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Buffering {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl roostd::connection::Transport for Buffering {}
+
+/// tokio-rustls can take bytes into its buffer without sending them when the socket is full;
+/// the connection must flush after its own buffer empties, or the last bytes (here: CONNACK
+/// and SUBACK) wait for a next write that may never come.
+#[tokio::test]
+async fn written_bytes_a_buffering_stream_holds_are_flushed() {
+    let config = Arc::new(roostd::Config::default());
+    let auth = Arc::new(roostd::auth::live::AuthState::load(None, None).expect("no files"));
+    let router = Arc::new(roostd::router::Router::new(
+        config.session_limits(),
+        roostd::metrics::Metrics::disabled(),
+        auth,
+        None,
+    ));
+    let ctx = roostd::connection::Context {
+        router,
+        config,
+        shutdown: tokio_util::sync::CancellationToken::new(),
+    };
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    let stream = Buffering(tokio::io::BufWriter::new(theirs));
+    let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    tokio::spawn(roostd::connection::serve(
+        stream,
+        peer,
+        ctx,
+        roostd::connection::CertUser::NotUsed,
+        None,
+    ));
+    let mut client = ours;
+    client
+        .write_all(&Connect::new("buffered").bytes())
+        .await
+        .unwrap();
+    let connack = tokio::time::timeout(TIMEOUT, read_packet(&mut client))
+        .await
+        .expect("CONNACK held in the stream's buffer")
+        .unwrap()
+        .expect("CONNACK");
+    assert_eq!(connack.header, 0x20);
+    client
+        .write_all(&subscribe(1, &[("a/b", 1)]))
+        .await
+        .unwrap();
+    let suback = tokio::time::timeout(TIMEOUT, read_packet(&mut client))
+        .await
+        .expect("SUBACK held in the stream's buffer")
+        .unwrap()
+        .expect("SUBACK");
+    assert_eq!(suback.header, 0x90);
+}
