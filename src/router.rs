@@ -309,7 +309,7 @@ impl Router {
             return false;
         }
         st.subscriptions.insert(filter, qos);
-        st.persist_record();
+        st.persist_subscription(filter, qos);
         // Under the session lock so a concurrent discard cannot miss this entry.
         self.trie
             .write()
@@ -323,7 +323,7 @@ impl Router {
         if st.subscriptions.remove(filter).is_none() {
             return false;
         }
-        st.persist_record();
+        st.unpersist_subscription(filter);
         self.trie.write().remove(filter, session.id)
     }
 

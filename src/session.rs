@@ -596,15 +596,25 @@ impl SessionState {
         }
     }
 
-    /// Writes this persistent session's record (subscriptions, online or not).
+    /// Writes this persistent session's record (online or not; subscriptions are written one
+    /// by one as they change).
     pub fn persist_record(&self) {
         if let Some((store, client)) = &self.store {
-            let subs: Vec<(String, u8)> = self
-                .subscriptions
-                .iter()
-                .map(|(f, q)| (f.to_string(), q as u8))
-                .collect();
-            store.put_session(client, &subs, self.attached.is_none());
+            store.put_session(client, self.attached.is_none());
+        }
+    }
+
+    /// Adds or replaces `filter` in the store (persistent sessions).
+    pub fn persist_subscription(&self, filter: &str, qos: QoS) {
+        if let Some((store, client)) = &self.store {
+            store.put_subscription(client, filter, qos as u8);
+        }
+    }
+
+    /// Removes `filter` from the store (persistent sessions).
+    pub fn unpersist_subscription(&self, filter: &str) {
+        if let Some((store, client)) = &self.store {
+            store.delete_subscription(client, filter);
         }
     }
 

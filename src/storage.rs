@@ -30,6 +30,9 @@ const INFLIGHT: TableDefinition<&[u8], &[u8]> = TableDefinition::new("inflight")
 const INCOMING: TableDefinition<&[u8], &[u8]> = TableDefinition::new("incoming_qos2");
 const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sessions");
 const RETAINED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("retained");
+/// One key per subscription of a persistent session (client, 0, filter) -> granted QoS, so a
+/// SUBSCRIBE writes one small record whatever the session's number of filters.
+const SUBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("subscriptions");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// How soon a failed commit is retried when nothing new arrives.
@@ -98,6 +101,13 @@ enum Op {
         client: Vec<u8>,
         value: Vec<u8>,
     },
+    PutSubscription {
+        key: Vec<u8>,
+        qos: u8,
+    },
+    DeleteSubscription {
+        key: Vec<u8>,
+    },
     DeleteSession {
         client: Vec<u8>,
     },
@@ -120,7 +130,9 @@ impl Op {
                 Op::SetInflight { key, .. }
                 | Op::DeleteMessage { key }
                 | Op::AddIncoming { key }
-                | Op::RemoveIncoming { key } => key.len(),
+                | Op::RemoveIncoming { key }
+                | Op::PutSubscription { key, .. }
+                | Op::DeleteSubscription { key } => key.len(),
                 Op::PutRetained { topic, value } => topic.len() + value.len(),
                 Op::DeleteRetained { topic } => topic.len(),
                 Op::PutSession { client, value } => client.len() + value.len(),
@@ -318,6 +330,7 @@ impl Store {
                 w.open_table(INCOMING).map_err(|e| open_err(&e))?;
                 w.open_table(SESSIONS).map_err(|e| open_err(&e))?;
                 w.open_table(RETAINED).map_err(|e| open_err(&e))?;
+                w.open_table(SUBS).map_err(|e| open_err(&e))?;
                 let meta = w.open_table(META).map_err(|e| open_err(&e))?;
                 let seq = meta
                     .get("next_seq")
@@ -466,16 +479,32 @@ impl Store {
         });
     }
 
-    /// Writes a persistent session's record (subscriptions and when it went offline, 0 = online).
-    pub fn put_session(&self, client: &str, subscriptions: &[(String, u8)], disconnected: bool) {
+    /// Writes a persistent session's record: when it went offline (0 = online). Its
+    /// subscriptions are records of their own (`put_subscription`).
+    pub fn put_session(&self, client: &str, disconnected: bool) {
         let at = if disconnected { unix_now() } else { 0 };
         self.send(Op::PutSession {
             client: client.as_bytes().to_vec(),
-            value: encode_session(subscriptions, at),
+            value: encode_session(&[], at),
         });
     }
 
-    /// Removes a session with its messages and inbound QoS 2 ids.
+    /// Adds or replaces one subscription of a persistent session.
+    pub fn put_subscription(&self, client: &str, filter: &str, qos: u8) {
+        self.send(Op::PutSubscription {
+            key: key(client, filter.as_bytes()),
+            qos,
+        });
+    }
+
+    /// Removes one subscription of a persistent session.
+    pub fn delete_subscription(&self, client: &str, filter: &str) {
+        self.send(Op::DeleteSubscription {
+            key: key(client, filter.as_bytes()),
+        });
+    }
+
+    /// Removes a session with its subscriptions, messages and inbound QoS 2 ids.
     pub fn delete_session(&self, client: &str) {
         self.send(Op::DeleteSession {
             client: client.as_bytes().to_vec(),
@@ -557,6 +586,38 @@ impl Store {
                 }
                 _ => out.dropped_records += 1,
             }
+        }
+        // Records written before subscriptions had their own table carry them in the session
+        // value: moved into the table below (the next session record is written without).
+        let migrate: Vec<(String, String, u8)> = by_client
+            .values()
+            .flat_map(|s| {
+                s.subscriptions
+                    .iter()
+                    .map(|(f, q)| (s.client_id.clone(), f.clone(), *q))
+            })
+            .collect();
+        let subs = r.open_table(SUBS).map_err(|e| err(&e))?;
+        for item in subs.iter().map_err(|e| err(&e))? {
+            let (k, v) = item.map_err(|e| err(&e))?;
+            let parsed = split_key(k.value()).and_then(|(c, f)| {
+                let c = std::str::from_utf8(c).ok()?;
+                let f = std::str::from_utf8(f).ok()?;
+                let q = *v.value().first()?;
+                let valid = q <= 2 && crate::protocol::topic::validate_topic_filter(f).is_ok();
+                valid.then(|| (c.to_string(), f.to_string(), q))
+            });
+            match parsed.and_then(|(c, f, q)| by_client.get_mut(&c).map(|s| (s, f, q))) {
+                Some((s, f, q)) => {
+                    if !s.subscriptions.iter().any(|(g, _)| *g == f) {
+                        s.subscriptions.push((f, q));
+                    }
+                }
+                None => out.dropped_records += 1,
+            }
+        }
+        for (client, filter, qos) in &migrate {
+            self.put_subscription(client, filter, *qos);
         }
         let incoming = r.open_table(INCOMING).map_err(|e| err(&e))?;
         for item in incoming.iter().map_err(|e| err(&e))? {
@@ -667,6 +728,7 @@ fn apply(
     let mut incoming = w.open_table(INCOMING)?;
     let mut sessions = w.open_table(SESSIONS)?;
     let mut retained = w.open_table(RETAINED)?;
+    let mut subs = w.open_table(SUBS)?;
     for (_, op) in ops {
         match op {
             Op::PutMessage { key, value } => {
@@ -709,6 +771,13 @@ fn apply(
                 messages.retain_in(lo.as_slice()..hi.as_slice(), |_, _| false)?;
                 inflight.retain_in(lo.as_slice()..hi.as_slice(), |_, _| false)?;
                 incoming.retain_in(lo.as_slice()..hi.as_slice(), |_, _| false)?;
+                subs.retain_in(lo.as_slice()..hi.as_slice(), |_, _| false)?;
+            }
+            Op::PutSubscription { key, qos } => {
+                subs.insert(key.as_slice(), [*qos].as_slice())?;
+            }
+            Op::DeleteSubscription { key } => {
+                subs.remove(key.as_slice())?;
             }
             Op::AddIncoming { key } => {
                 incoming.insert(key.as_slice(), [].as_slice())?;
@@ -875,7 +944,10 @@ mod tests {
         let d = dir("roundtrip");
         {
             let s = Store::open(&d, FsyncPolicy::Always).unwrap();
-            s.put_session("dev1", &[("a/#".into(), 1)], true);
+            s.put_session("dev1", true);
+            s.put_subscription("dev1", "a/#", 1);
+            s.put_subscription("dev1", "gone/+", 0);
+            s.delete_subscription("dev1", "gone/+");
             for i in 0..5u64 {
                 let seq = s.next_seq();
                 s.put_message("dev1", seq, 1, b"a/b", format!("m{i}").as_bytes());
@@ -932,17 +1004,82 @@ mod tests {
         let d = dir("corrupt");
         {
             let s = Store::open(&d, FsyncPolicy::Always).unwrap();
-            s.put_session("ok", &[("x".into(), 0)], true);
+            s.put_session("ok", true);
+            s.put_subscription("ok", "x", 0);
             s.send(Op::PutSession {
                 client: b"bad".to_vec(),
                 value: vec![9, 9, 9],
             });
+            // A subscription of no stored session, and one with an invalid filter.
+            s.put_subscription("nobody", "y", 1);
+            s.put_subscription("ok", "a/#/b", 1);
             s.flush_blocking();
         }
         let s = Store::open(&d, FsyncPolicy::Always).unwrap();
         let rec = s.recover().unwrap();
         assert_eq!(rec.sessions.len(), 1);
-        assert_eq!(rec.dropped_records, 1);
+        assert_eq!(rec.sessions[0].subscriptions, vec![("x".to_string(), 0)]);
+        assert_eq!(rec.dropped_records, 3);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Session records written before subscriptions had their own table keep their
+    /// subscriptions: recovered from the record and moved into the table.
+    #[test]
+    fn subscriptions_in_old_session_records_are_migrated() {
+        let d = dir("migrate");
+        {
+            let s = Store::open(&d, FsyncPolicy::Always).unwrap();
+            s.send(Op::PutSession {
+                client: b"old".to_vec(),
+                value: encode_session(&[("legacy/#".into(), 1)], 0),
+            });
+            s.flush_blocking();
+        }
+        {
+            let s = Store::open(&d, FsyncPolicy::Always).unwrap();
+            let rec = s.recover().unwrap();
+            assert_eq!(
+                rec.sessions[0].subscriptions,
+                vec![("legacy/#".to_string(), 1)]
+            );
+            // The next record of the session is written without its subscriptions.
+            s.put_session("old", false);
+            s.flush_blocking();
+        }
+        let s = Store::open(&d, FsyncPolicy::Always).unwrap();
+        let rec = s.recover().unwrap();
+        assert_eq!(
+            rec.sessions[0].subscriptions,
+            vec![("legacy/#".to_string(), 1)]
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Removing a session removes its subscriptions; others keep theirs.
+    #[test]
+    fn deleting_a_session_deletes_its_subscriptions() {
+        let d = dir("delsubs");
+        {
+            let s = Store::open(&d, FsyncPolicy::Always).unwrap();
+            for c in ["a", "ab"] {
+                s.put_session(c, true);
+                s.put_subscription(c, "t/1", 1);
+            }
+            s.delete_session("a");
+            s.put_session("a", true);
+            s.flush_blocking();
+        }
+        let s = Store::open(&d, FsyncPolicy::Always).unwrap();
+        let mut rec = s.recover().unwrap();
+        rec.sessions.sort_by(|x, y| x.client_id.cmp(&y.client_id));
+        assert_eq!(rec.sessions.len(), 2);
+        assert!(
+            rec.sessions[0].subscriptions.is_empty(),
+            "{:?}",
+            rec.sessions[0]
+        );
+        assert_eq!(rec.sessions[1].subscriptions, vec![("t/1".to_string(), 1)]);
         let _ = std::fs::remove_dir_all(&d);
     }
 }
