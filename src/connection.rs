@@ -271,6 +271,7 @@ where
         keep_alive: connect.keep_alive,
         recheck: None,
         storage_paused: false,
+        flush_pending: false,
         _permit: permit,
     };
     // A persistent session back after a restart: its messages come from disk first.
@@ -510,6 +511,8 @@ struct Connection<S> {
     recheck: Option<Pin<Box<Sleep>>>,
     /// Reading is paused because writes to disk fell behind (max_storage_backlog).
     storage_paused: bool,
+    /// Bytes were written since the last completed flush (TLS may hold some back).
+    flush_pending: bool,
     /// The max_connections slot, released when the connection ends.
     _permit: Option<OwnedSemaphorePermit>,
 }
@@ -568,7 +571,10 @@ impl<S: Transport> Connection<S> {
                 return Poll::Ready(CloseReason::Shutdown);
             }
             let mut progress = false;
-            if self.storage_paused && self.router.store().is_none_or(|s| s.backlog_eased()) {
+            // A failing store (or a dead writer) does not hold anyone: routing then stores
+            // nothing (persistent QoS 1/2 is refused), so the backlog cannot grow.
+            let eased = |s: &Arc<crate::storage::Store>| s.backlog_eased() || !s.healthy();
+            if self.storage_paused && self.router.store().is_none_or(eased) {
                 self.storage_paused = false;
                 // We were the ones not reading: not the client's silence.
                 self.note_activity();
@@ -619,14 +625,19 @@ impl<S: Transport> Connection<S> {
                             if self.out.capacity() > SHRINK_ABOVE {
                                 self.out = BytesMut::new();
                             }
-                            // TLS may hold records it could not send yet: flushing sends them
-                            // or registers for writability (a no-op for TCP).
-                            if let Poll::Ready(Err(e)) = Pin::new(&mut self.stream).poll_flush(cx) {
-                                return Poll::Ready(CloseReason::Io(e));
-                            }
                         }
+                        self.flush_pending = true;
                         progress = true;
                     }
+                    Poll::Ready(Err(e)) => return Poll::Ready(CloseReason::Io(e)),
+                    Poll::Pending => {}
+                }
+            }
+            if self.out.is_empty() && self.flush_pending {
+                // TLS may hold records it could not send yet: flushing sends them or waits for
+                // writability, and is tried again until done (a no-op for TCP).
+                match Pin::new(&mut self.stream).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => self.flush_pending = false,
                     Poll::Ready(Err(e)) => return Poll::Ready(CloseReason::Io(e)),
                     Poll::Pending => {}
                 }
@@ -689,8 +700,10 @@ impl<S: Transport> Connection<S> {
                 .router
                 .now_ms()
                 .saturating_sub(self.session.activity.load(Relaxed));
-            if silent >= IDLE_AFTER_MS {
-                // Quiet: give back the buffers (idle connections are the broker's footprint).
+            if self.session.shrink.swap(false, Relaxed) {
+                // The sweep found the client quiet: give back the buffers (idle connections are
+                // the broker's footprint). Once per quiet spell, not on every poll: a QoS 0
+                // subscriber sends nothing for long and still receives.
                 if self.inbuf.is_empty() {
                     self.inbuf = BytesMut::new();
                     self.read_hint = READ_CHUNK as u32;
@@ -1016,7 +1029,7 @@ impl<S: Transport> Connection<S> {
     /// ever more writes in memory. Acknowledgements, which only delete, are not checked.
     fn check_storage_backlog(&mut self) {
         if let Some(store) = self.router.store() {
-            if !self.storage_paused && store.backlogged() {
+            if !self.storage_paused && store.backlogged() && store.healthy() {
                 self.storage_paused = true;
                 self.router
                     .metrics()

@@ -126,7 +126,11 @@ impl Router {
                 let limit = s.keepalive_ms.load(Ordering::Relaxed) as u64;
                 let last = s.activity.load(Ordering::Relaxed);
                 let online = s.attached_conn.load(Ordering::Relaxed) != 0;
-                online && ((limit > 0 && now >= last + limit) || turned_idle.contains(&last))
+                let quiet = turned_idle.contains(&last);
+                if online && quiet {
+                    s.shrink.store(true, Ordering::Relaxed);
+                }
+                online && ((limit > 0 && now >= last + limit) || quiet)
             })
             .map(|e| e.value().clone())
             .collect();
@@ -632,12 +636,16 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn sweep_wakes_a_client_turning_quiet_once() {
         let r = router();
-        let _quiet = attach(&r, "quiet", 1, 0);
+        let quiet = attach(&r, "quiet", 1, 0);
         let mut woken = 0;
         for _ in 0..30 {
             tokio::time::advance(Duration::from_secs(1)).await;
             woken += r.sweep(10_000);
         }
         assert_eq!(woken, 1);
+        assert!(
+            quiet.shrink.load(Ordering::Relaxed),
+            "asked to free its buffers"
+        );
     }
 }

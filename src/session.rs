@@ -104,6 +104,8 @@ pub struct Session {
     /// 1.5 x the attached client's keepalive, in ms; 0 when it has none or is offline. The
     /// router's sweep wakes connections past it, which then close [MQTT-3.1.2-24].
     pub keepalive_ms: std::sync::atomic::AtomicU32,
+    /// Set by the sweep when the client turned quiet: the connection frees its buffers.
+    pub shrink: std::sync::atomic::AtomicBool,
 }
 
 impl Session {
@@ -124,6 +126,7 @@ impl Session {
             attached_conn: std::sync::atomic::AtomicU64::new(0),
             activity: std::sync::atomic::AtomicU64::new(0),
             keepalive_ms: std::sync::atomic::AtomicU32::new(0),
+            shrink: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

@@ -597,6 +597,10 @@ impl Store {
                     .map(|(f, q)| (s.client_id.clone(), f.clone(), *q))
             })
             .collect();
+        let old_format: std::collections::HashSet<(&str, &str)> = migrate
+            .iter()
+            .map(|(c, f, _)| (c.as_str(), f.as_str()))
+            .collect();
         let subs = r.open_table(SUBS).map_err(|e| err(&e))?;
         for item in subs.iter().map_err(|e| err(&e))? {
             let (k, v) = item.map_err(|e| err(&e))?;
@@ -609,7 +613,8 @@ impl Store {
             });
             match parsed.and_then(|(c, f, q)| by_client.get_mut(&c).map(|s| (s, f, q))) {
                 Some((s, f, q)) => {
-                    if !s.subscriptions.iter().any(|(g, _)| *g == f) {
+                    // Only a filter still in an old-format record can be here twice.
+                    if !old_format.contains(&(s.client_id.as_str(), f.as_str())) {
                         s.subscriptions.push((f, q));
                     }
                 }

@@ -623,8 +623,9 @@ async fn a_tls_subscriber_that_paused_reading_still_gets_everything() {
     assert_eq!(got, n, "messages lost on the way");
 }
 
-/// A stream that, like TLS, may accept bytes without sending them until it is flushed.
-struct Buffering(tokio::io::BufWriter<tokio::io::DuplexStream>);
+/// A stream that, like TLS, may accept bytes without sending them until it is flushed, and
+/// whose first flushes do not finish at once (`stalls`: how many return Pending first).
+struct Buffering(tokio::io::BufWriter<tokio::io::DuplexStream>, usize);
 
 impl tokio::io::AsyncRead for Buffering {
     fn poll_read(
@@ -648,6 +649,12 @@ impl tokio::io::AsyncWrite for Buffering {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
+        if self.1 > 0 {
+            // As a socket that becomes writable again: not now, but the task is woken.
+            self.1 -= 1;
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
         std::pin::Pin::new(&mut self.0).poll_flush(cx)
     }
     fn poll_shutdown(
@@ -661,8 +668,8 @@ impl tokio::io::AsyncWrite for Buffering {
 impl roostd::connection::Transport for Buffering {}
 
 /// tokio-rustls can take bytes into its buffer without sending them when the socket is full;
-/// the connection must flush after its own buffer empties, or the last bytes (here: CONNACK
-/// and SUBACK) wait for a next write that may never come.
+/// the connection must flush after its own buffer empties, and again until the flush is done,
+/// or the last bytes (here: CONNACK and SUBACK) wait for a next write that may never come.
 #[tokio::test]
 async fn written_bytes_a_buffering_stream_holds_are_flushed() {
     let config = Arc::new(roostd::Config::default());
@@ -679,7 +686,7 @@ async fn written_bytes_a_buffering_stream_holds_are_flushed() {
         shutdown: tokio_util::sync::CancellationToken::new(),
     };
     let (ours, theirs) = tokio::io::duplex(64 * 1024);
-    let stream = Buffering(tokio::io::BufWriter::new(theirs));
+    let stream = Buffering(tokio::io::BufWriter::new(theirs), 3);
     let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
     tokio::spawn(roostd::connection::serve(
         stream,
