@@ -278,7 +278,17 @@ impl Subscriptions {
     /// Removes `filter`; returns the QoS it had.
     pub fn remove(&mut self, filter: &str) -> Option<QoS> {
         match self {
-            Subscriptions::Many(map) => map.remove(filter),
+            Subscriptions::Many(map) => {
+                let old = map.remove(filter);
+                if map.len() <= MANY_SUBSCRIPTIONS / 2 {
+                    // Back to the small form once most filters are gone.
+                    let mut few: Vec<(Box<str>, QoS)> =
+                        std::mem::take(&mut **map).into_iter().collect();
+                    few.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                    *self = Subscriptions::Few(few);
+                }
+                old
+            }
             Subscriptions::Few(few) => {
                 let i = few.binary_search_by(|(f, _)| (**f).cmp(filter)).ok()?;
                 Some(few.remove(i).1)
@@ -1135,7 +1145,19 @@ mod tests {
         assert_eq!(subs.remove("f/00008"), Some(QoS::AtLeastOnce));
         assert_eq!(subs.get("f/00008"), None);
         assert_eq!(subs.iter().count(), n - 1);
-        assert_eq!(subs.drain().count(), n - 1);
+        // Removing most of them brings back the sorted Vec.
+        for i in 10..n {
+            subs.remove(&format!("f/{i:05}"));
+        }
+        assert!(matches!(subs, Subscriptions::Few(_)));
+        let left: Vec<String> = subs.iter().map(|(f, _)| f.to_string()).collect();
+        let want: Vec<String> = (0..10)
+            .filter(|i| *i != 8)
+            .map(|i| format!("f/{i:05}"))
+            .collect();
+        assert_eq!(left, want);
+        assert_eq!(subs.get("f/00007"), Some(QoS::ExactlyOnce));
+        assert_eq!(subs.drain().count(), 9);
         assert!(subs.is_empty());
     }
 
