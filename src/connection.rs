@@ -694,36 +694,46 @@ impl<S: Transport> Connection<S> {
                     continue;
                 }
             }
-            // Only here, with nothing left to do: `Router::sweep` wakes us once the keepalive
-            // deadline passed, and once when the client turned quiet.
-            let silent = self
-                .router
-                .now_ms()
-                .saturating_sub(self.session.activity.load(Relaxed));
-            if self.session.shrink.swap(false, Relaxed) {
-                // The sweep found the client quiet: give back the buffers (idle connections are
-                // the broker's footprint). Once per quiet spell, not on every poll: a QoS 0
-                // subscriber sends nothing for long and still receives.
-                if self.inbuf.is_empty() {
-                    self.inbuf = BytesMut::new();
-                    self.read_hint = READ_CHUNK as u32;
+            // Only here, with nothing left to do, and only when `Router::sweep` woke us (the
+            // keepalive deadline passed, or the client turned quiet): a plain load otherwise.
+            if self.session.swept.load(Relaxed) && self.session.swept.swap(false, Relaxed) {
+                if let Some(reason) = self.on_swept() {
+                    return Poll::Ready(reason);
                 }
-                if self.out.is_empty() {
-                    self.out = BytesMut::new();
-                }
-            }
-            // While paused by backpressure the silence is ours, not the client's.
-            let paused = self.congested.is_some() || self.storage_paused;
-            if self.keep_alive > 0 && !paused && silent >= self.keepalive_ms() {
-                self.router
-                    .metrics()
-                    .stats
-                    .keepalive_timeouts
-                    .fetch_add(1, Relaxed);
-                return Poll::Ready(CloseReason::KeepaliveTimeout);
             }
             return Poll::Pending;
         }
+    }
+
+    /// The sweep found the client silent: close it past its keepalive, or give back the
+    /// buffers once it turned quiet (idle connections are the broker's footprint; once per
+    /// quiet spell, not on every poll: a QoS 0 subscriber sends nothing for long and still
+    /// receives).
+    fn on_swept(&mut self) -> Option<CloseReason> {
+        let silent = self
+            .router
+            .now_ms()
+            .saturating_sub(self.session.activity.load(Relaxed));
+        // While paused by backpressure the silence is ours, not the client's.
+        let paused = self.congested.is_some() || self.storage_paused;
+        if self.keep_alive > 0 && !paused && silent >= self.keepalive_ms() {
+            self.router
+                .metrics()
+                .stats
+                .keepalive_timeouts
+                .fetch_add(1, Relaxed);
+            return Some(CloseReason::KeepaliveTimeout);
+        }
+        if silent >= IDLE_AFTER_MS {
+            if self.inbuf.is_empty() {
+                self.inbuf = BytesMut::new();
+                self.read_hint = READ_CHUNK as u32;
+            }
+            if self.out.is_empty() {
+                self.out = BytesMut::new();
+            }
+        }
+        None
     }
 
     /// After `run`: logs, publishes the will, detaches the session and flushes what is left.

@@ -127,14 +127,12 @@ impl Router {
                 let last = s.activity.load(Ordering::Relaxed);
                 let online = s.attached_conn.load(Ordering::Relaxed) != 0;
                 let quiet = turned_idle.contains(&last);
-                if online && quiet {
-                    s.shrink.store(true, Ordering::Relaxed);
-                }
                 online && ((limit > 0 && now >= last + limit) || quiet)
             })
             .map(|e| e.value().clone())
             .collect();
         for s in &due {
+            s.swept.store(true, Ordering::Relaxed);
             s.wake_connection();
         }
         due.len()
@@ -644,8 +642,8 @@ mod tests {
         }
         assert_eq!(woken, 1);
         assert!(
-            quiet.shrink.load(Ordering::Relaxed),
-            "asked to free its buffers"
+            quiet.swept.load(Ordering::Relaxed),
+            "asked to look at its silence"
         );
     }
 }

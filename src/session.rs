@@ -104,8 +104,10 @@ pub struct Session {
     /// 1.5 x the attached client's keepalive, in ms; 0 when it has none or is offline. The
     /// router's sweep wakes connections past it, which then close [MQTT-3.1.2-24].
     pub keepalive_ms: std::sync::atomic::AtomicU32,
-    /// Set by the sweep when the client turned quiet: the connection frees its buffers.
-    pub shrink: std::sync::atomic::AtomicBool,
+    /// Set by the sweep before it wakes the connection: the connection then measures the
+    /// client's silence (keepalive, freeing buffers) instead of reading the clock every time
+    /// it goes to sleep.
+    pub swept: std::sync::atomic::AtomicBool,
 }
 
 impl Session {
@@ -126,7 +128,7 @@ impl Session {
             attached_conn: std::sync::atomic::AtomicU64::new(0),
             activity: std::sync::atomic::AtomicU64::new(0),
             keepalive_ms: std::sync::atomic::AtomicU32::new(0),
-            shrink: std::sync::atomic::AtomicBool::new(false),
+            swept: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -296,6 +298,7 @@ impl Subscriptions {
         }
     }
 
+    #[cfg(test)]
     pub fn get(&self, filter: &str) -> Option<QoS> {
         match self {
             Subscriptions::Many(map) => map.get(filter).copied(),
@@ -307,6 +310,7 @@ impl Subscriptions {
     }
 
     /// Every filter (sorted while few, in no order once many).
+    #[cfg(test)]
     pub fn iter(&self) -> impl Iterator<Item = (&str, QoS)> {
         let (few, many) = match self {
             Subscriptions::Few(v) => (Some(v.iter()), None),
@@ -326,6 +330,7 @@ impl Subscriptions {
         }
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         match self {
             Subscriptions::Few(v) => v.len(),
@@ -333,6 +338,7 @@ impl Subscriptions {
         }
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -373,14 +379,17 @@ impl PacketIds {
         self.0.binary_search(&id).is_ok()
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
+    #[cfg(test)]
     pub fn iter(&self) -> impl Iterator<Item = u16> + '_ {
         self.0.iter().copied()
     }
