@@ -164,6 +164,17 @@ pub struct Config {
     pub message_size_limit: usize,
     /// Largest keepalive a client may ask for, in seconds. Default 65535.
     pub max_keepalive: u16,
+    /// Most levels a topic name or filter may have. A PUBLISH (or will) over it closes the
+    /// connection, a SUBSCRIBE filter over it gets 0x80. Default 200 (Mosquitto's fixed
+    /// limit): real topics have a handful of levels, and every level costs a trie node.
+    pub max_topic_levels: usize,
+    /// Retained messages kept at most; a retained PUBLISH for a new topic beyond it is
+    /// delivered but not retained (logged and counted). Default 1000000.
+    pub max_retained_messages: usize,
+    /// Topic + payload bytes of all retained messages at most (they are held in memory, and
+    /// on disk with persistence); a retained PUBLISH that would pass it is delivered but not
+    /// retained. Default 256 MiB.
+    pub max_retained_bytes: usize,
     /// How long a persistent session is kept while its client is offline: a number with a
     /// unit s, h, d, w, m (30 days) or y (365 days), or "never". Default "1d".
     pub persistent_client_expiration: String,
@@ -233,6 +244,9 @@ impl Default for Config {
             max_queued_bytes: 16 * 1024 * 1024,
             message_size_limit: 1024 * 1024,
             max_keepalive: 65535,
+            max_topic_levels: DEFAULT_MAX_TOPIC_LEVELS,
+            max_retained_messages: 1_000_000,
+            max_retained_bytes: 256 * 1024 * 1024,
             persistent_client_expiration: "1d".to_string(),
             retain_available: true,
             queue_qos0_messages: false,
@@ -254,6 +268,12 @@ impl Default for Config {
         }
     }
 }
+
+/// Default `max_topic_levels` (Mosquitto refuses more than 200 levels).
+pub const DEFAULT_MAX_TOPIC_LEVELS: usize = 200;
+
+/// The most levels a topic can have: 65,535 bytes of '/' are 65,536 empty levels.
+const MQTT_MAX_LEVELS: usize = 65_536;
 
 /// The MQTT maximum remaining length.
 const MQTT_MAX_REMAINING: usize = 268_435_455;
@@ -341,6 +361,18 @@ impl Config {
                 format!("must be between 1 and {MQTT_MAX_REMAINING}"),
             ));
         }
+        if self.max_topic_levels == 0 || self.max_topic_levels > MQTT_MAX_LEVELS {
+            return Err(invalid(
+                "max_topic_levels",
+                format!("must be between 1 and {MQTT_MAX_LEVELS}"),
+            ));
+        }
+        if self.max_retained_messages == 0 {
+            return Err(invalid("max_retained_messages", "must be at least 1"));
+        }
+        if self.max_retained_bytes == 0 {
+            return Err(invalid("max_retained_bytes", "must be at least 1"));
+        }
         if self.connect_timeout == 0 {
             return Err(invalid("connect_timeout", "must be at least 1 second"));
         }
@@ -390,6 +422,14 @@ impl Config {
                 FsyncPolicy::Interval(Duration::from_millis(self.fsync_interval))
             }
             FsyncMode::Never => FsyncPolicy::Never,
+        }
+    }
+
+    /// The bounds on retained messages.
+    pub fn retained_limits(&self) -> crate::retained::RetainedLimits {
+        crate::retained::RetainedLimits {
+            max_messages: self.max_retained_messages,
+            max_bytes: self.max_retained_bytes,
         }
     }
 

@@ -89,7 +89,14 @@ fn main() -> anyhow::Result<()> {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    // To stderr, as Mosquitto logs; through a queue and a thread of its own, so a closed or
+    // full stderr never fails, blocks or panics anything (roostd::logging).
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(roostd::logging::sink())
+        .with_ansi(roostd::logging::colour())
+        .log_internal_errors(false)
+        .init();
 
     let config = match &cli.config {
         Some(path) => {
@@ -116,7 +123,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let broker = Broker::bind_with_default_port(config, cli.port).await?;
         let shutdown = broker.shutdown_token();
         tokio::spawn(async move {
@@ -140,8 +147,11 @@ fn main() -> anyhow::Result<()> {
         }
         broker.run().await?;
         info!("roostd stopped.");
-        Ok(())
-    })
+        Ok::<(), anyhow::Error>(())
+    });
+    // The last lines ("roostd stopped.") are written before the process exits.
+    roostd::logging::flush();
+    result
 }
 
 async fn wait_for_signal() {

@@ -50,6 +50,10 @@ pub struct Stats {
     pub tls_reload_failures: AtomicU64,
     /// Publishers paused because writes to disk fell behind (max_storage_backlog).
     pub storage_pauses: AtomicU64,
+    /// Connection tasks that panicked (caught; the connection was closed).
+    pub panics: AtomicU64,
+    /// Retained PUBLISHes not retained: over max_retained_messages or max_retained_bytes.
+    pub retained_refused: AtomicU64,
 }
 
 impl Stats {
@@ -87,6 +91,8 @@ pub struct Gauges {
     pub inflight_messages: u64,
     pub subscriptions: u64,
     pub retained_messages: u64,
+    /// Topic + payload bytes of the retained messages.
+    pub retained_bytes: u64,
     /// Deepest single client queue.
     pub max_client_queue: u64,
     /// Failed storage commits.
@@ -128,6 +134,10 @@ struct Handles {
     storage_errors: Counter,
     storage_pauses: Counter,
     storage_backlog: Gauge,
+    panics: Counter,
+    retained_refused: Counter,
+    retained_bytes: Gauge,
+    log_write_errors: Counter,
     uptime: Gauge,
     resident_memory: Gauge,
     cpu_seconds: Counter,
@@ -213,6 +223,10 @@ impl Metrics {
                 storage_errors: counter!("roostd_storage_errors_total"),
                 storage_pauses: counter!("roostd_storage_backlog_pauses_total"),
                 storage_backlog: gauge!("roostd_storage_backlog_bytes"),
+                panics: counter!("roostd_panics_total"),
+                retained_refused: counter!("roostd_retained_refused_total"),
+                retained_bytes: gauge!("roostd_retained_bytes"),
+                log_write_errors: counter!("roostd_log_write_errors_total"),
                 uptime: gauge!("roostd_uptime_seconds"),
                 resident_memory: gauge!("process_resident_memory_bytes"),
                 cpu_seconds: counter!("process_cpu_seconds_total"),
@@ -296,6 +310,11 @@ impl Metrics {
         h.storage_errors.absolute(gauges.storage_errors);
         h.storage_pauses.absolute(s.storage_pauses.load(Relaxed));
         h.storage_backlog.set(gauges.storage_backlog_bytes as f64);
+        h.panics.absolute(s.panics.load(Relaxed));
+        h.retained_refused
+            .absolute(s.retained_refused.load(Relaxed));
+        h.retained_bytes.set(gauges.retained_bytes as f64);
+        h.log_write_errors.absolute(crate::logging::write_errors());
         h.uptime.set(self.uptime().as_secs_f64());
         let p = process_figures();
         h.resident_memory.set(p.rss_bytes as f64);
@@ -315,6 +334,23 @@ impl Metrics {
 }
 
 fn describe() {
+    describe_counter!(
+        "roostd_panics_total",
+        "Connection tasks that panicked; the panic was caught and the connection closed (a bug: please report it)."
+    );
+    describe_counter!(
+        "roostd_retained_refused_total",
+        "Retained PUBLISHes delivered but not retained: over max_retained_messages or max_retained_bytes."
+    );
+    describe_gauge!(
+        "roostd_retained_bytes",
+        Unit::Bytes,
+        "Topic + payload bytes of all retained messages."
+    );
+    describe_counter!(
+        "roostd_log_write_errors_total",
+        "Log lines that could not be written (stderr closed or full) and were dropped."
+    );
     describe_counter!(
         "roostd_messages_received_total",
         "PUBLISH packets received from clients, by QoS."

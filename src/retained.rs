@@ -1,14 +1,22 @@
 //! Retained messages, kept in a topic tree so that a wildcard SUBSCRIBE visits only the
 //! branches its filter can reach.
+//!
+//! Every walk is a loop over an explicit stack, never recursion: a topic may have 65,536
+//! levels (65,535 `/`), and a stored message must not crash the broker on every start.
+//! Children are ordered (a BTreeMap), so a walk can stop after any message and resume after
+//! it later (`matching_after`): a subscription matching a million retained messages is fed
+//! to its client a chunk at a time instead of being copied into its queue at once.
 
-use std::collections::HashMap;
+use std::collections::btree_map::Range;
+use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::Arc;
 
 use crate::message::Publication;
 
 #[derive(Debug, Default)]
 struct Node {
-    children: HashMap<Box<[u8]>, Node>,
+    children: BTreeMap<Box<[u8]>, Node>,
     message: Option<Arc<Publication>>,
 }
 
@@ -16,15 +24,48 @@ impl Node {
     fn is_empty(&self) -> bool {
         self.children.is_empty() && self.message.is_none()
     }
+}
 
-    fn collect_all(&self, out: &mut Vec<Arc<Publication>>) {
-        if let Some(m) = &self.message {
-            out.push(m.clone());
+/// Dropping a node would drop its children recursively, a stack frame per level.
+impl Drop for Node {
+    fn drop(&mut self) {
+        if self.children.is_empty() {
+            return;
         }
-        for child in self.children.values() {
-            child.collect_all(out);
+        let mut stack: Vec<Node> = std::mem::take(&mut self.children).into_values().collect();
+        while let Some(mut node) = stack.pop() {
+            stack.extend(std::mem::take(&mut node.children).into_values());
         }
     }
+}
+
+/// Bounds on what is retained (`max_retained_messages`, `max_retained_bytes`).
+#[derive(Debug, Clone, Copy)]
+pub struct RetainedLimits {
+    pub max_messages: usize,
+    /// Topic + payload bytes of all retained messages.
+    pub max_bytes: usize,
+}
+
+impl Default for RetainedLimits {
+    fn default() -> Self {
+        RetainedLimits {
+            max_messages: usize::MAX,
+            max_bytes: usize::MAX,
+        }
+    }
+}
+
+/// What `set` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetOutcome {
+    /// Stored (new topic, or replacing the topic's previous message).
+    Stored,
+    /// An empty payload deleted the topic's retained message (or there was none).
+    Deleted,
+    /// Not retained: over `max_retained_messages` or `max_retained_bytes`. The previous
+    /// message of the topic, if any, stays.
+    Refused,
 }
 
 /// The latest retained message per topic.
@@ -32,9 +73,110 @@ impl Node {
 pub struct RetainedStore {
     root: Node,
     count: usize,
+    /// Topic + payload bytes retained.
+    bytes: usize,
+    limits: RetainedLimits,
+}
+
+/// A walk over the tree for one filter, from a cursor, up to a number of messages.
+struct Walk<'a, 'o> {
+    filter: Vec<&'a [u8]>,
+    cursor: Vec<&'a [u8]>,
+    out: &'o mut Vec<Arc<Publication>>,
+    /// Messages still to take.
+    left: usize,
+}
+
+impl<'a> Walk<'a, '_> {
+    /// Visits one node: takes its message if it matches, then pushes a frame for the
+    /// children the filter reaches. True once `left` messages were taken.
+    fn visit(
+        &mut self,
+        node: &'a Node,
+        depth: usize,
+        on_cursor: bool,
+        all: bool,
+        stack: &mut Vec<Frame<'a>>,
+    ) -> bool {
+        // (take this node's message, children to visit: None = none, Some(None) = all of
+        // them, Some(Some(l)) = the one named l)
+        let (take, children) = if all {
+            (true, Some(None))
+        } else if depth == self.filter.len() {
+            (true, None)
+        } else {
+            match self.filter[depth] {
+                // `a/#` also matches `a` itself.
+                b"#" => (depth > 0, Some(None)),
+                b"+" => (false, Some(None)),
+                literal => (false, Some(Some(literal))),
+            }
+        };
+        // A node on the cursor's path comes before the cursor, or is it: already taken.
+        if take && !on_cursor {
+            if let Some(m) = &node.message {
+                self.out.push(m.clone());
+                self.left -= 1;
+                if self.left == 0 {
+                    return true;
+                }
+            }
+        }
+        let Some(literal) = children else {
+            return false;
+        };
+        let cursor_level = if on_cursor {
+            self.cursor.get(depth).copied()
+        } else {
+            None
+        };
+        let range = match (literal, cursor_level) {
+            // The one child wanted lies before the cursor: nothing left here.
+            (Some(l), Some(c)) if l < c => node
+                .children
+                .range::<[u8], _>((Bound::Included(l), Bound::Excluded(l))),
+            (Some(l), _) => node
+                .children
+                .range::<[u8], _>((Bound::Included(l), Bound::Included(l))),
+            (None, Some(c)) => node
+                .children
+                .range::<[u8], _>((Bound::Included(c), Bound::Unbounded)),
+            (None, None) => node.children.range::<[u8], _>(..),
+        };
+        let hash = !all && literal.is_none() && self.filter.get(depth) == Some(&&b"#"[..]);
+        stack.push(Frame {
+            children: range,
+            depth: depth + 1,
+            cursor_level,
+            all: all || hash,
+            skip_dollar: depth == 0 && literal.is_none(),
+        });
+        false
+    }
+}
+
+/// One level of a walk: the children still to visit, and how to treat them.
+struct Frame<'a> {
+    children: Range<'a, Box<[u8]>, Node>,
+    /// Depth of the children (topic levels above them).
+    depth: usize,
+    /// The resume cursor's level at this depth when the parent lies on the cursor's path:
+    /// the child with this name is on the path, later ones are past it.
+    cursor_level: Option<&'a [u8]>,
+    /// Inside a `#`: every descendant matches.
+    all: bool,
+    /// First level under a leading wildcard: `$` topics are skipped [MQTT-4.7.2-1].
+    skip_dollar: bool,
 }
 
 impl RetainedStore {
+    pub fn new(limits: RetainedLimits) -> RetainedStore {
+        RetainedStore {
+            limits,
+            ..RetainedStore::default()
+        }
+    }
+
     /// Number of retained messages.
     pub fn len(&self) -> usize {
         self.count
@@ -45,85 +187,133 @@ impl RetainedStore {
         self.count == 0
     }
 
-    /// Stores `msg` as the retained message of its topic, or deletes the topic's retained
-    /// message when the payload is empty [MQTT-3.3.1-10] (the empty message itself is not
-    /// stored [MQTT-3.3.1-11]).
-    pub fn set(&mut self, msg: Arc<Publication>) {
-        let topic = msg.topic.clone();
-        if msg.payload.is_empty() {
-            let levels: Vec<&[u8]> = topic.split(|&b| b == b'/').collect();
-            if Self::remove_at(&mut self.root, &levels) {
-                self.count -= 1;
-            }
-            return;
-        }
-        let mut node = &mut self.root;
-        for level in topic.split(|&b| b == b'/') {
-            node = node.children.entry(level.into()).or_default();
-        }
-        if node.message.replace(msg).is_none() {
-            self.count += 1;
-        }
+    /// Topic + payload bytes of all retained messages.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
-    fn remove_at(node: &mut Node, levels: &[&[u8]]) -> bool {
-        match levels {
-            [] => node.message.take().is_some(),
-            [level, rest @ ..] => {
-                let Some(child) = node.children.get_mut(*level) else {
-                    return false;
-                };
-                let removed = Self::remove_at(child, rest);
-                if child.is_empty() {
-                    node.children.remove(*level);
-                }
-                removed
+    /// Stores `msg` as the retained message of its topic, or deletes the topic's retained
+    /// message when the payload is empty [MQTT-3.3.1-10] (the empty message itself is not
+    /// stored [MQTT-3.3.1-11]). A message that would take the store over its limits is
+    /// refused (and the topic keeps its previous one).
+    pub fn set(&mut self, msg: Arc<Publication>) -> SetOutcome {
+        if msg.payload.is_empty() {
+            if let Some(old) = self.remove(&msg.topic) {
+                self.count -= 1;
+                self.bytes -= old.size();
             }
+            return SetOutcome::Deleted;
         }
+        let old_size = self.get(&msg.topic).map(|m| m.size());
+        let bytes = self.bytes - old_size.unwrap_or(0) + msg.size();
+        let count = self.count + old_size.is_none() as usize;
+        if bytes > self.limits.max_bytes || count > self.limits.max_messages {
+            return SetOutcome::Refused;
+        }
+        let mut node = &mut self.root;
+        for level in msg.topic.clone().split(|&b| b == b'/') {
+            node = node.children.entry(level.into()).or_default();
+        }
+        node.message = Some(msg);
+        self.bytes = bytes;
+        self.count = count;
+        SetOutcome::Stored
+    }
+
+    fn get(&self, topic: &[u8]) -> Option<&Arc<Publication>> {
+        let mut node = &self.root;
+        for level in topic.split(|&b| b == b'/') {
+            node = node.children.get(level)?;
+        }
+        node.message.as_ref()
+    }
+
+    /// Takes the topic's message out and prunes the branch left empty (loops only).
+    fn remove(&mut self, topic: &[u8]) -> Option<Arc<Publication>> {
+        let levels: Vec<&[u8]> = topic.split(|&b| b == b'/').collect();
+        let mut node = &mut self.root;
+        for level in &levels {
+            node = node.children.get_mut(*level)?;
+        }
+        let old = node.message.take()?;
+        // The shallowest node from which down the path nothing but the path remains.
+        let mut cut = None;
+        let mut node = &self.root;
+        for (depth, level) in levels.iter().enumerate() {
+            let Some(child) = node.children.get(*level) else {
+                break;
+            };
+            let sole = if depth + 1 == levels.len() {
+                child.is_empty()
+            } else {
+                child.message.is_none() && child.children.len() == 1
+            };
+            if !sole {
+                cut = None;
+            } else if cut.is_none() {
+                cut = Some(depth);
+            }
+            node = child;
+        }
+        if let Some(depth) = cut {
+            let mut parent = &mut self.root;
+            for level in &levels[..depth] {
+                match parent.children.get_mut(*level) {
+                    Some(child) => parent = child,
+                    None => return Some(old),
+                }
+            }
+            parent.children.remove(levels[depth]);
+        }
+        Some(old)
     }
 
     /// Appends the retained messages whose topic matches the (valid) `filter`.
     pub fn matching(&self, filter: &str, out: &mut Vec<Arc<Publication>>) {
-        let levels: Vec<&str> = filter.split('/').collect();
-        Self::walk(&self.root, &levels, true, out);
+        self.matching_after(filter, None, usize::MAX, out);
     }
 
-    fn walk(node: &Node, levels: &[&str], first: bool, out: &mut Vec<Arc<Publication>>) {
-        match levels {
-            [] => {
-                if let Some(m) = &node.message {
-                    out.push(m.clone());
-                }
+    /// Appends up to `limit` retained messages matching the (valid) `filter` whose topics come
+    /// after `after` in the walk's order (a topic before its sub-topics, levels in byte
+    /// order); `None` starts at the beginning. Returns true when it stopped at `limit` (more
+    /// may follow: call again with the last topic returned).
+    pub fn matching_after(
+        &self,
+        filter: &str,
+        after: Option<&[u8]>,
+        limit: usize,
+        out: &mut Vec<Arc<Publication>>,
+    ) -> bool {
+        if limit == 0 {
+            return true;
+        }
+        let mut walk = Walk {
+            filter: filter.split('/').map(str::as_bytes).collect(),
+            cursor: after
+                .map(|a| a.split(|&b| b == b'/').collect())
+                .unwrap_or_default(),
+            out,
+            left: limit,
+        };
+        let mut stack: Vec<Frame<'_>> = Vec::new();
+        if walk.visit(&self.root, 0, after.is_some(), false, &mut stack) {
+            return true;
+        }
+        while let Some(frame) = stack.last_mut() {
+            let Some((name, child)) = frame.children.next() else {
+                stack.pop();
+                continue;
+            };
+            if frame.skip_dollar && name.first() == Some(&b'$') {
+                continue;
             }
-            ["#"] => {
-                // `a/#` also matches `a` itself.
-                if let Some(m) = &node.message {
-                    if !first {
-                        out.push(m.clone());
-                    }
-                }
-                for (name, child) in &node.children {
-                    // [MQTT-4.7.2-1]
-                    if first && name.first() == Some(&b'$') {
-                        continue;
-                    }
-                    child.collect_all(out);
-                }
-            }
-            ["+", rest @ ..] => {
-                for (name, child) in &node.children {
-                    if first && name.first() == Some(&b'$') {
-                        continue;
-                    }
-                    Self::walk(child, rest, false, out);
-                }
-            }
-            [level, rest @ ..] => {
-                if let Some(child) = node.children.get(level.as_bytes()) {
-                    Self::walk(child, rest, false, out);
-                }
+            let on_cursor = frame.cursor_level.is_some_and(|c| c == &**name);
+            let (depth, all) = (frame.depth, frame.all);
+            if walk.visit(child, depth, on_cursor, all, &mut stack) {
+                return true;
             }
         }
+        false
     }
 }
 
@@ -192,5 +382,100 @@ mod tests {
             expected.sort();
             assert_eq!(topics(&s, f), expected, "filter {f}");
         }
+    }
+
+    /// Resuming after any message gives exactly the rest of the full walk, in order: a
+    /// chunked feed (`matching_after`) sends every matching message once [MQTT-3.3.1-6].
+    #[test]
+    fn chunked_walks_return_every_match_once() {
+        let all = [
+            "sport",
+            "sport/tennis",
+            "sport/tennis/p1",
+            "sport/golf",
+            "/x",
+            "$SYS/a",
+            "a//b",
+            "a/",
+            "a",
+            "a/b",
+            "a/b/c",
+            "b/a",
+            "$x",
+            "sport/tennis/p2",
+        ];
+        let mut s = RetainedStore::default();
+        for t in all {
+            s.set(msg(t, "x"));
+        }
+        for f in [
+            "#", "sport/#", "+", "+/+", "+/#", "$SYS/#", "sport/+", "a/+/b", "a/#", "/#", "a",
+        ] {
+            let mut full = Vec::new();
+            s.matching(f, &mut full);
+            let full: Vec<String> = full.iter().map(|m| m.topic_lossy().into_owned()).collect();
+            for chunk in 1..4 {
+                let mut got: Vec<String> = Vec::new();
+                let mut after: Option<Bytes> = None;
+                loop {
+                    let mut out = Vec::new();
+                    let more = s.matching_after(f, after.as_deref(), chunk, &mut out);
+                    assert!(out.len() <= chunk);
+                    got.extend(out.iter().map(|m| m.topic_lossy().into_owned()));
+                    match out.last() {
+                        Some(last) if more => after = Some(last.topic.clone()),
+                        _ => break,
+                    }
+                }
+                assert_eq!(got, full, "filter {f} chunk {chunk}");
+            }
+        }
+    }
+
+    /// A topic of 65,536 empty levels (65,535 '/', the longest a topic can be) is stored,
+    /// found by '#' and '+/...' filters, deleted and dropped without recursion (the old
+    /// recursive walk overflowed the stack at this depth: issue 11, item 8).
+    #[test]
+    fn the_deepest_topic_is_walked_with_loops() {
+        let topic = "/".repeat(65_535);
+        let mut s = RetainedStore::default();
+        assert_eq!(s.set(msg(&topic, "deep")), SetOutcome::Stored);
+        assert_eq!(topics(&s, "#").len(), 1);
+        let mut filter = "+/".repeat(32_767);
+        filter.push('#');
+        assert_eq!(topics(&s, &filter).len(), 1);
+        assert_eq!(topics(&s, &topic).len(), 1);
+        let mut out = Vec::new();
+        assert!(!s.matching_after("#", Some(topic.as_bytes()), 10, &mut out));
+        assert!(out.is_empty());
+        s.set(msg(&topic, "again"));
+        drop(s);
+        let mut s = RetainedStore::default();
+        s.set(msg(&topic, "deep"));
+        s.set(msg(&topic, ""));
+        assert!(s.is_empty() && s.root.is_empty());
+    }
+
+    /// max_retained_messages and max_retained_bytes refuse what would pass them; a refused
+    /// message leaves the topic's previous one in place; replacing counts the difference.
+    #[test]
+    fn limits_refuse_what_would_pass_them() {
+        let mut s = RetainedStore::new(RetainedLimits {
+            max_messages: 2,
+            max_bytes: 10,
+        });
+        assert_eq!(s.set(msg("a", "1234")), SetOutcome::Stored); // 5 bytes
+        assert_eq!(s.set(msg("b", "1")), SetOutcome::Stored); // 7
+        assert_eq!(s.set(msg("c", "1")), SetOutcome::Refused, "third message");
+        assert_eq!(s.set(msg("a", "12345678")), SetOutcome::Refused, "11 bytes");
+        assert_eq!(&topics(&s, "a")[..], ["a"]);
+        let mut out = Vec::new();
+        s.matching("a", &mut out);
+        assert_eq!(&out[0].payload[..], b"1234");
+        assert_eq!(s.set(msg("a", "1234567")), SetOutcome::Stored); // 8 + 2
+        assert_eq!(s.bytes(), 10);
+        assert_eq!(s.set(msg("b", "")), SetOutcome::Deleted);
+        assert_eq!((s.len(), s.bytes()), (1, 8));
+        assert_eq!(s.set(msg("c", "1")), SetOutcome::Stored);
     }
 }

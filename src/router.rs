@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use crate::auth::live::AuthState;
 use crate::message::{min_qos, qos_from_stored, Publication};
 use crate::metrics::{Gauges, Metrics};
-use crate::retained::RetainedStore;
+use crate::retained::{RetainedLimits, RetainedStore, SetOutcome};
 use crate::session::{Attachment, DropReason, Queued, Session, SessionLimits};
 use crate::storage::Store;
 use crate::trie::{Entry, Trie};
@@ -104,6 +104,12 @@ impl Router {
         }
     }
 
+    /// Bounds the retained messages (max_retained_messages, max_retained_bytes).
+    pub fn with_retained_limits(self, limits: RetainedLimits) -> Router {
+        *self.retained.write() = RetainedStore::new(limits);
+        self
+    }
+
     /// Milliseconds since the router was made (for keepalive bookkeeping in atomics).
     pub fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
@@ -179,6 +185,11 @@ impl Router {
     /// Number of (filter, session) subscriptions.
     pub fn subscription_count(&self) -> usize {
         self.trie.read().len()
+    }
+
+    /// Topic + payload bytes of the retained messages.
+    pub fn retained_bytes(&self) -> usize {
+        self.retained.read().bytes()
     }
 
     /// Number of retained messages.
@@ -347,16 +358,23 @@ impl Router {
         publisher: Option<u64>,
     ) -> PublishOutcome {
         if msg.retain {
+            let outcome = self.retained.write().set(msg.clone());
             // $SYS values are the broker's own and regenerated at startup: not stored.
             let sys = msg.topic.starts_with(b"$SYS/");
-            if let (Some(store), false) = (&self.store, sys) {
-                if msg.payload.is_empty() {
-                    store.delete_retained(&msg.topic);
-                } else {
-                    store.put_retained(&msg.topic, msg.qos as u8, &msg.payload);
+            match (&self.store, sys, outcome) {
+                (_, _, SetOutcome::Refused) => {
+                    self.metrics
+                        .stats
+                        .retained_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    outcome_refused_log(&msg);
                 }
+                (Some(store), false, SetOutcome::Deleted) => store.delete_retained(&msg.topic),
+                (Some(store), false, SetOutcome::Stored) => {
+                    store.put_retained(&msg.topic, msg.qos as u8, &msg.payload)
+                }
+                _ => {}
             }
-            self.retained.write().set(msg.clone());
         }
         matches.clear();
         self.trie.read().matches(&msg.topic, matches);
@@ -430,15 +448,21 @@ impl Router {
             .unwrap_or(0);
         {
             let mut retained = self.retained.write();
+            let mut refused = 0;
             for (topic, qos, payload) in recovered.retained {
                 let qos = qos_from_stored(qos);
-                retained.set(Arc::new(Publication {
+                let outcome = retained.set(Arc::new(Publication {
                     topic,
                     payload,
                     qos,
                     retain: true,
                     received_at: std::time::Instant::now(),
                 }));
+                refused += (outcome == SetOutcome::Refused) as usize;
+            }
+            if refused > 0 {
+                // Left on disk: raising the limits brings them back at the next start.
+                tracing::warn!("{refused} stored retained message(s) not loaded: over max_retained_messages or max_retained_bytes.");
             }
         }
         for stored in recovered.sessions {
@@ -520,6 +544,7 @@ impl Router {
         g.storage_backlog_bytes = self.store.as_ref().map_or(0, |s| s.backlog_bytes() as u64);
         g.subscriptions = self.subscription_count() as u64;
         g.retained_messages = self.retained_count() as u64;
+        g.retained_bytes = self.retained_bytes() as u64;
         g
     }
 
@@ -580,6 +605,23 @@ impl Router {
             }
         }
         expired
+    }
+}
+
+/// A retained message over the limits: logged at most once a second (a client retrying in a
+/// loop must not flood the log), counted always.
+fn outcome_refused_log(msg: &Publication) {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    if LAST.swap(now, Ordering::Relaxed) != now {
+        tracing::warn!(
+            "Retained message on {} ({} bytes) not retained: max_retained_messages or max_retained_bytes reached (delivered to current subscribers only).",
+            msg.topic_lossy(),
+            msg.size()
+        );
     }
 }
 

@@ -149,12 +149,10 @@ impl Broker {
         } else {
             None
         };
-        let router = Arc::new(Router::new(
-            config.session_limits(),
-            metrics,
-            auth,
-            store.clone(),
-        ));
+        let router = Arc::new(
+            Router::new(config.session_limits(), metrics, auth, store.clone())
+                .with_retained_limits(config.retained_limits()),
+        );
         if let Some(store) = &store {
             let started = std::time::Instant::now();
             let recovered = store.recover()?;

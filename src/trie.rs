@@ -221,82 +221,156 @@ impl<V: Clone> Trie<V> {
     }
 
     /// Removes subscriber `id` from `filter`. Returns true if it was there. Prunes empty nodes.
+    ///
+    /// Loops, no recursion: a filter's depth is the client's to choose (up to 65,536 levels
+    /// in a 65,535-byte filter), and a stack overflow would abort the process.
     pub fn remove(&mut self, filter: &str, id: u64) -> bool {
         let levels: Vec<&str> = filter.split('/').collect();
-        let removed = Self::remove_at(&mut self.root, &levels, id);
-        self.len -= removed as usize;
-        removed
-    }
-
-    fn remove_at(node: &mut Node<V>, levels: &[&str], id: u64) -> bool {
-        match levels {
-            [] => node.exact.remove(id),
-            ["#"] => {
-                let Some(wild) = node.wild.as_deref_mut() else {
-                    return false;
-                };
-                let removed = wild.multi.remove(id);
-                node.prune_wild();
-                removed
+        // `a/#` keeps its subscribers in the wild part of node `a`: walk to that node.
+        let multi = levels.last() == Some(&"#");
+        let path = if multi {
+            &levels[..levels.len() - 1]
+        } else {
+            &levels[..]
+        };
+        let Some(terminal) = Self::node_mut(&mut self.root, path) else {
+            return false;
+        };
+        let removed = if multi {
+            let removed = terminal
+                .wild
+                .as_deref_mut()
+                .is_some_and(|w| w.multi.remove(id));
+            terminal.prune_wild();
+            removed
+        } else {
+            terminal.exact.remove(id)
+        };
+        if !removed {
+            return false;
+        }
+        self.len -= 1;
+        // The shallowest node from which down the path every node holds nothing but the
+        // path's next node: that whole branch goes.
+        let mut cut = None;
+        let mut node = &self.root;
+        for (depth, level) in path.iter().enumerate() {
+            let Some(child) = Self::child(node, level) else {
+                break;
+            };
+            let sole = match path.get(depth + 1) {
+                None => child.is_empty(),
+                Some(&"+") => {
+                    child.exact.is_empty()
+                        && child.children.is_empty()
+                        && child.wild.as_ref().is_some_and(|w| w.multi.is_empty())
+                }
+                Some(_) => {
+                    child.exact.is_empty() && child.wild.is_none() && child.children.len() == 1
+                }
+            };
+            if !sole {
+                cut = None;
+            } else if cut.is_none() {
+                cut = Some(depth);
             }
-            [level, rest @ ..] => {
-                if *level == "+" {
-                    let Some(wild) = node.wild.as_deref_mut() else {
-                        return false;
-                    };
-                    let Some(child) = wild.plus.as_mut() else {
-                        return false;
-                    };
-                    let removed = Self::remove_at(child, rest, id);
-                    if child.is_empty() {
-                        wild.plus = None;
-                        node.prune_wild();
+            node = child;
+        }
+        if let Some(depth) = cut {
+            if let Some(parent) = Self::node_mut(&mut self.root, &path[..depth]) {
+                let level = path[depth];
+                if level == "+" {
+                    if let Some(w) = parent.wild.as_deref_mut() {
+                        w.plus = None;
                     }
-                    removed
+                    parent.prune_wild();
                 } else {
-                    let Some(child) = node.children.get_mut(level.as_bytes()) else {
-                        return false;
-                    };
-                    let removed = Self::remove_at(child, rest, id);
-                    if child.is_empty() {
-                        node.children.remove(level.as_bytes());
-                    }
-                    removed
+                    parent.children.remove(level.as_bytes());
                 }
             }
         }
+        true
+    }
+
+    /// The child of `node` for one filter level.
+    fn child<'a>(node: &'a Node<V>, level: &str) -> Option<&'a Node<V>> {
+        if level == "+" {
+            node.wild.as_deref().and_then(|w| w.plus.as_ref())
+        } else {
+            node.children.get(level.as_bytes())
+        }
+    }
+
+    /// The node reached from `node` by the filter levels `path` (a loop, not recursion).
+    fn node_mut<'a>(mut node: &'a mut Node<V>, path: &[&str]) -> Option<&'a mut Node<V>> {
+        for level in path {
+            node = if *level == "+" {
+                node.wild.as_deref_mut()?.plus.as_mut()?
+            } else {
+                node.children.get_mut(level.as_bytes())?
+            };
+        }
+        Some(node)
     }
 
     /// Appends every entry whose filter matches `topic` to `out`. A subscriber with several
     /// matching filters appears once per filter; the caller merges them.
+    ///
+    /// An explicit stack instead of recursion: the topic's depth is the client's to choose.
+    /// The stack holds at most two entries per level (the literal and the `+` branch).
     pub fn matches(&self, topic: &[u8], out: &mut Vec<Entry<V>>) {
         // [MQTT-4.7.2-1] wildcards at the first level do not match '$' topics.
         let dollar = topic.first() == Some(&b'$');
-        Self::collect(&self.root, Some(topic), dollar, out);
+        let mut stack: Vec<(&Node<V>, Option<&[u8]>, bool)> =
+            vec![(&self.root, Some(topic), dollar)];
+        while let Some((node, rest, skip_wildcards)) = stack.pop() {
+            let wild = if skip_wildcards {
+                None
+            } else {
+                node.wild.as_deref()
+            };
+            if let Some(w) = wild {
+                out.extend(w.multi.entries.iter().cloned());
+            }
+            let Some(rest) = rest else {
+                out.extend(node.exact.entries.iter().cloned());
+                continue;
+            };
+            let (level, next) = match rest.iter().position(|&b| b == b'/') {
+                Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+                None => (rest, None),
+            };
+            if let Some(child) = node.children.get(level) {
+                stack.push((child, next, false));
+            }
+            if let Some(child) = wild.and_then(|w| w.plus.as_ref()) {
+                stack.push((child, next, false));
+            }
+        }
     }
+}
 
-    fn collect(node: &Node<V>, rest: Option<&[u8]>, skip_wildcards: bool, out: &mut Vec<Entry<V>>) {
-        let wild = if skip_wildcards {
-            None
-        } else {
-            node.wild.as_deref()
-        };
-        if let Some(w) = wild {
-            out.extend(w.multi.entries.iter().cloned());
-        }
-        let Some(rest) = rest else {
-            out.extend(node.exact.entries.iter().cloned());
+/// Dropping a node would drop its children recursively, one stack frame per level of a
+/// client's filter: the subtree is taken apart with a loop instead.
+impl<V> Drop for Node<V> {
+    fn drop(&mut self) {
+        if self.children.is_empty() && self.wild.as_ref().is_none_or(|w| w.plus.is_none()) {
             return;
-        };
-        let (level, next) = match rest.iter().position(|&b| b == b'/') {
-            Some(i) => (&rest[..i], Some(&rest[i + 1..])),
-            None => (rest, None),
-        };
-        if let Some(child) = node.children.get(level) {
-            Self::collect(child, next, false, out);
         }
-        if let Some(child) = wild.and_then(|w| w.plus.as_ref()) {
-            Self::collect(child, next, false, out);
+        let mut stack: Vec<Node<V>> = Vec::new();
+        self.take_children(&mut stack);
+        while let Some(mut node) = stack.pop() {
+            node.take_children(&mut stack);
+            // `node` has no children left: its own drop ends at once.
+        }
+    }
+}
+
+impl<V> Node<V> {
+    fn take_children(&mut self, stack: &mut Vec<Node<V>>) {
+        stack.extend(self.children.drain().map(|(_, n)| n));
+        if let Some(plus) = self.wild.as_deref_mut().and_then(|w| w.plus.take()) {
+            stack.push(plus);
         }
     }
 }
@@ -363,6 +437,53 @@ mod tests {
         assert!(t.is_empty() && t.root.is_empty());
     }
 
+    /// The deepest filters and topics a client can send (65,535 bytes: 65,536 levels) are
+    /// inserted, matched, removed and dropped with loops: the old recursive `collect`,
+    /// `remove_at` and the nodes' drop overflowed the stack (issue 11, items 1 and 8).
+    #[test]
+    fn the_deepest_filters_and_topics_need_no_recursion() {
+        let topic = "/".repeat(65_535);
+        let mut plus = "+/".repeat(32_767);
+        plus.push('+');
+        let mut hash = "+/".repeat(32_767);
+        hash.push('#');
+        let mut t = Trie::default();
+        t.insert(&topic, 1, ());
+        t.insert(&plus, 2, ());
+        t.insert(&hash, 3, ());
+        assert_eq!(matched(&t, &topic), vec![1, 3]);
+        // 32,768 levels, the last empty: both `+` chains match.
+        assert_eq!(matched(&t, &"a/".repeat(32_767)), vec![2, 3]);
+        assert!(t.remove(&topic, 1));
+        assert!(t.remove(&plus, 2));
+        assert_eq!(matched(&t, &topic), vec![3]);
+        assert!(t.remove(&hash, 3));
+        assert!(t.is_empty() && t.root.is_empty());
+        // Dropping a deep trie.
+        t.insert(&topic, 1, ());
+        t.insert(&plus, 2, ());
+        drop(t);
+    }
+
+    /// Removing one of two filters sharing a prefix prunes only the branch it alone used.
+    #[test]
+    fn remove_prunes_only_the_branch_left_empty() {
+        let mut t = Trie::default();
+        t.insert("a/b/c/d", 1, ());
+        t.insert("a/b", 2, ());
+        t.insert("a/+/x", 3, ());
+        assert!(t.remove("a/b/c/d", 1));
+        assert!(t.root.children[&b"a"[..]].children[&b"b"[..]]
+            .children
+            .is_empty());
+        assert_eq!(matched(&t, "a/b"), vec![2]);
+        assert_eq!(matched(&t, "a/q/x"), vec![3]);
+        assert!(t.remove("a/+/x", 3));
+        assert!(t.root.children[&b"a"[..]].wild.is_none());
+        assert!(t.remove("a/b", 2));
+        assert!(t.root.is_empty());
+    }
+
     fn level() -> impl Strategy<Value = String> {
         prop_oneof![
             Just("a".to_string()),
@@ -414,6 +535,11 @@ mod tests {
                     .map(|(id, _)| id as u64).collect();
                 prop_assert_eq!(matched(&trie, t), expected, "topic {}", t);
             }
+            // Removing everything prunes every node.
+            for (id, f) in filters.iter().enumerate() {
+                trie.remove(f, id as u64);
+            }
+            prop_assert!(trie.is_empty() && trie.root.is_empty());
         }
     }
 }
