@@ -26,12 +26,15 @@ use tracing::{debug, info, warn};
 
 use crate::auth::live::AuthState;
 use crate::config::Config;
-use crate::message::{min_qos, Publication};
+use crate::message::Publication;
 use crate::protocol::codec::{self, Ack};
 use crate::protocol::topic::validate_topic_filter;
 use crate::protocol::{decode, Connect, Packet, ProtocolError, Will};
 use crate::router::{MatchBuffer, Router};
-use crate::session::{Attachment, DropReason, Outgoing, Queued, Session};
+use crate::session::{
+    Attachment, DropReason, LoadRequest, Outgoing, Session, LOAD_BYTES, LOAD_MESSAGES,
+};
+use crate::storage::{LoadedChunk, StorageError};
 
 /// Buffers larger than this are freed when they empty.
 const SHRINK_ABOVE: usize = 64 * 1024;
@@ -52,6 +55,12 @@ const WRITE_LIMIT: usize = 1024 * 1024;
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
+/// A new connection's id, taken in accept order: when several connections use one client id,
+/// the one with the highest id (accepted last) wins [MQTT-3.1.4-2].
+pub fn next_conn_id() -> u64 {
+    NEXT_CONN_ID.fetch_add(1, Relaxed)
+}
+
 /// Why a connection ended.
 #[derive(Debug, Error)]
 pub enum CloseReason {
@@ -71,6 +80,28 @@ pub enum CloseReason {
     Shutdown,
     #[error("{0}")]
     Refused(&'static str),
+    #[error("PUBLISH topic has {levels} levels, over max_topic_levels ({limit})")]
+    TooManyLevels { levels: usize, limit: usize },
+    #[error("panicked (a bug, counted in roostd_panics_total): {0}")]
+    Panic(String),
+}
+
+/// Number of levels of a topic name or filter.
+fn topic_levels(topic: &[u8]) -> usize {
+    topic.iter().filter(|&&b| b == b'/').count() + 1
+}
+
+/// A topic or filter for a log line: long ones shortened (a filter can be 64 KiB).
+fn shown(topic: &str) -> std::borrow::Cow<'_, str> {
+    const SHOWN: usize = 80;
+    if topic.len() <= SHOWN {
+        return topic.into();
+    }
+    let mut end = SHOWN;
+    while !topic.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &topic[..end], topic.len()).into()
 }
 
 impl CloseReason {
@@ -108,6 +139,7 @@ pub enum CertUser {
 pub fn serve<S>(
     stream: S,
     peer: SocketAddr,
+    conn_id: u64,
     ctx: Context,
     cert_user: CertUser,
     permit: Option<OwnedSemaphorePermit>,
@@ -115,13 +147,49 @@ pub fn serve<S>(
 where
     S: Transport,
 {
-    let handshake = Box::pin(handshake(stream, peer, ctx, cert_user, permit));
+    let router = ctx.router.clone();
+    let handshake = Box::pin(handshake(stream, peer, conn_id, ctx, cert_user, permit));
     async move {
-        let Some(mut conn) = handshake.await else {
-            return;
+        // A panic is caught at the task boundary: logged, counted, and only this connection
+        // ends (the steady state catches its own, in `run`, so the session is detached).
+        let mut conn = match guarded(handshake).await {
+            Ok(Some(conn)) => conn,
+            Ok(None) => return,
+            Err(panic) => {
+                router.metrics().stats.panics.fetch_add(1, Relaxed);
+                tracing::error!("Connection from {peer} panicked in its handshake: {panic}");
+                return;
+            }
         };
         let reason = conn.run().await;
-        Box::pin(conn.close(reason)).await;
+        let client_id = conn.session.client_id.clone();
+        if let Err(panic) = guarded(Box::pin(conn.close(reason))).await {
+            router.metrics().stats.panics.fetch_add(1, Relaxed);
+            tracing::error!("Connection of client {client_id} panicked while closing: {panic}");
+        }
+    }
+}
+
+/// Polls `fut`, turning a panic into an error with its message.
+async fn guarded<F: Future + Unpin>(mut fut: F) -> Result<F::Output, String> {
+    std::future::poll_fn(|cx| {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Pin::new(&mut fut).poll(cx)))
+        {
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => Poll::Ready(Err(panic_message(payload.as_ref()))),
+        }
+    })
+    .await
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_string()
     }
 }
 
@@ -130,6 +198,7 @@ where
 async fn handshake<S>(
     mut stream: S,
     peer: SocketAddr,
+    conn_id: u64,
     ctx: Context,
     cert_user: CertUser,
     permit: Option<OwnedSemaphorePermit>,
@@ -137,7 +206,6 @@ async fn handshake<S>(
 where
     S: Transport,
 {
-    let conn_id = NEXT_CONN_ID.fetch_add(1, Relaxed);
     let stats = &ctx.router.metrics().stats;
     let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
     let limit = ctx.config.message_size_limit;
@@ -168,6 +236,10 @@ where
             }
             if inbuf.first() == Some(&0x16) {
                 warn!("Client from {peer} sent a TLS handshake to a plain MQTT listener; closing.");
+                return None;
+            }
+            if inbuf.starts_with(b"GET ") || inbuf.starts_with(b"POST ") {
+                warn!("Client from {peer} sent HTTP to an MQTT listener; closing.");
                 return None;
             }
             warn!("Bad first packet from {peer}: {e}");
@@ -216,6 +288,17 @@ where
         );
         return None;
     }
+    if let Some(will) = &connect.will {
+        let levels = topic_levels(&will.topic);
+        if levels > ctx.config.max_topic_levels {
+            stats.protocol_errors.fetch_add(1, Relaxed);
+            warn!(
+                "Client {} from {peer} refused: will topic has {levels} levels, over max_topic_levels ({}).",
+                connect.client_id, ctx.config.max_topic_levels
+            );
+            return None;
+        }
+    }
     if let CertUser::Identity(id) = cert_user {
         // The certificate is the credential; a CONNECT user name/password is ignored.
         connect.username = Some(id);
@@ -229,14 +312,21 @@ where
     };
     let username: Option<Arc<str>> = connect.username.as_deref().map(Arc::from);
 
-    let attached = ctx.router.connect(
+    let attached = match ctx.router.connect(
         &client_id,
         connect.clean_session,
         Attachment {
             conn_id,
             username: username.clone(),
         },
-    );
+    ) {
+        Ok(a) => a,
+        Err(superseded) => {
+            // As if it had been taken over at once: no CONNACK, the socket closes.
+            info!("Client {client_id} from {peer} closed: {superseded}.");
+            return None;
+        }
+    };
     if attached.took_over {
         info!("Client {client_id} already connected, closing old connection.");
     }
@@ -272,6 +362,7 @@ where
         recheck: None,
         storage_paused: false,
         flush_pending: false,
+        loading: None,
         _permit: permit,
     };
     // A persistent session back after a restart: its messages come from disk first.
@@ -279,7 +370,7 @@ where
         .keepalive_ms
         .store(conn.keepalive_ms() as u32, Relaxed);
     conn.note_activity();
-    conn.router.load_stored(&conn.session).await;
+    conn.router.watch_keepalive(&conn.session, conn_id);
     PENDING.with_borrow_mut(|pending| {
         // [MQTT-4.4.0-1] re-send unacknowledged messages, in order, before anything new.
         conn.session.state.lock().resend_inflight(pending);
@@ -404,6 +495,13 @@ async fn read_packet<R: AsyncRead + Unpin>(
     limit: usize,
 ) -> Result<Packet, CloseReason> {
     loop {
+        // [MQTT-3.1.0-1] The first packet must be CONNECT: decided on its first byte, before
+        // waiting for the rest of a frame whose length came from garbage (HTTP, TLS, noise).
+        if let Some(&first) = inbuf.first() {
+            if first != 0x10 {
+                return Err(ProtocolError::FirstByte(first).into());
+            }
+        }
         if let Some(p) = decode(inbuf, limit)? {
             return Ok(p);
         }
@@ -513,6 +611,8 @@ struct Connection<S> {
     storage_paused: bool,
     /// Bytes were written since the last completed flush (TLS may hold some back).
     flush_pending: bool,
+    /// A chunk of the session's stored queue being read from disk (after a restart).
+    loading: Option<tokio::task::JoinHandle<Result<LoadedChunk, StorageError>>>,
     /// The max_connections slot, released when the connection ends.
     _permit: Option<OwnedSemaphorePermit>,
 }
@@ -520,12 +620,25 @@ struct Connection<S> {
 impl<S: Transport> Connection<S> {
     /// Serves the client until the connection ends. One hand-written poll function instead
     /// of a `select!`: the task stores no timer and nothing per branch.
+    ///
+    /// A panic while handling the client is caught here (`CloseReason::Panic`): the
+    /// connection then closes as after any error (will, session detached), the rest of the
+    /// broker goes on.
     async fn run(&mut self) -> CloseReason {
+        let caught = |payload: Box<dyn std::any::Any + Send>| {
+            CloseReason::Panic(panic_message(payload.as_ref()))
+        };
         // The client may have sent more packets right behind its CONNECT.
-        if let Err(reason) = self.process_input() {
-            return reason;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.process_input())) {
+            Ok(Ok(_)) => {}
+            Ok(Err(reason)) => return reason,
+            Err(payload) => return caught(payload),
         }
-        std::future::poll_fn(|cx| self.poll_run(cx)).await
+        std::future::poll_fn(|cx| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.poll_run(cx)))
+                .unwrap_or_else(|payload| Poll::Ready(caught(payload)))
+        })
+        .await
     }
 
     /// Ready when a read should be tried. A quiet client holds no read buffer: where the
@@ -584,6 +697,7 @@ impl<S: Transport> Connection<S> {
                 progress = true;
             }
             progress |= self.release_acks(cx);
+            progress |= self.poll_load(cx);
             if let Some(s) = &self.congested {
                 let mut st = s.state.lock();
                 if st.is_congested(self.router.limits()) {
@@ -748,6 +862,14 @@ impl<S: Transport> Connection<S> {
                 note_protocol_error(&self.router, e);
                 warn!("Client {client_id} disconnected: protocol error: {e}");
             }
+            CloseReason::Panic(_) => {
+                stats.panics.fetch_add(1, Relaxed);
+                tracing::error!("Client {client_id} disconnected: {reason}");
+            }
+            CloseReason::TooManyLevels { .. } => {
+                stats.protocol_errors.fetch_add(1, Relaxed);
+                warn!("Client {client_id} disconnected: {reason}");
+            }
             other => info!("Client {client_id} disconnected: {other}."),
         }
         if reason.publishes_will() {
@@ -884,20 +1006,84 @@ impl<S: Transport> Connection<S> {
                 return;
             }
             st.set_waker(waker);
-            if st.queue.is_empty() || self.out.len() >= WRITE_HIGH_WATER {
-                return;
-            }
-            let budget = WRITE_HIGH_WATER - self.out.len();
-            if st.take_ready(self.router.limits(), budget, pending) {
-                // Space again: wake the publishers paused on this queue.
-                let waiters = st.take_space_waiters();
-                drop(st);
-                waiters.into_iter().for_each(Waker::wake);
+            let load = if self.loading.is_none() {
+                st.load_request(self.conn_id)
             } else {
-                drop(st);
+                None
+            };
+            if st.wants_retained() && self.out.len() < WRITE_HIGH_WATER {
+                self.router.feed_retained(&self.session, &mut st);
+            }
+            let mut waiters = Vec::new();
+            if !st.queue.is_empty() && self.out.len() < WRITE_HIGH_WATER {
+                let budget = WRITE_HIGH_WATER - self.out.len();
+                if st.take_ready(self.router.limits(), budget, pending) {
+                    // Space again: wake the publishers paused on this queue.
+                    waiters = st.take_space_waiters();
+                }
+            }
+            drop(st);
+            waiters.into_iter().for_each(Waker::wake);
+            self.encode(pending);
+            if let Some(request) = load {
+                self.start_load(request);
+            }
+        });
+    }
+
+    /// Reads the next chunk of the session's stored queue on a blocking thread.
+    fn start_load(&mut self, request: LoadRequest) {
+        let Some(store) = self.router.store().cloned() else {
+            return;
+        };
+        let client = self.session.client_id.to_string();
+        self.loading = Some(tokio::task::spawn_blocking(move || {
+            // What was queued for it before this point must be readable.
+            store.flush_blocking();
+            store.load_messages(&client, request.after, LOAD_MESSAGES, LOAD_BYTES)
+        }));
+    }
+
+    /// Takes a finished chunk load into the session (if this connection still owns it; a
+    /// load of a connection that was taken over is dropped and the new one loads again).
+    /// True if one finished.
+    fn poll_load(&mut self, cx: &mut TaskContext<'_>) -> bool {
+        let Some(handle) = &mut self.loading else {
+            return false;
+        };
+        let Poll::Ready(result) = Pin::new(handle).poll(cx) else {
+            return false;
+        };
+        self.loading = None;
+        let chunk = match result {
+            Ok(Ok(chunk)) => chunk,
+            Ok(Err(e)) => {
+                // The load stays marked as this connection's: no retry loop; the messages
+                // stay on disk for the next connection.
+                tracing::error!("Loading stored messages of {}: {e}", self.session.client_id);
+                return true;
+            }
+            Err(e) => {
+                tracing::error!("Loading stored messages of {}: {e}", self.session.client_id);
+                return true;
+            }
+        };
+        PENDING.with_borrow_mut(|pending| {
+            let n = chunk.messages.len();
+            let taken = {
+                let mut st = self.session.state.lock();
+                self.session.attached_conn.load(Acquire) == self.conn_id
+                    && st.restore_chunk(self.conn_id, chunk, pending)
+            };
+            if taken {
+                debug!(
+                    "Loaded {n} stored message(s) for {}.",
+                    self.session.client_id
+                );
             }
             self.encode(pending);
         });
+        true
     }
 
     /// Encodes (and empties) deliveries taken from the session into the write buffer.
@@ -1051,6 +1237,13 @@ impl<S: Transport> Connection<S> {
     }
 
     fn on_publish(&mut self, pkid: u16, publication: Publication) -> Result<(), CloseReason> {
+        let levels = topic_levels(&publication.topic);
+        if levels > self.config.max_topic_levels {
+            return Err(CloseReason::TooManyLevels {
+                levels,
+                limit: self.config.max_topic_levels,
+            });
+        }
         if publication.retain && !self.config.retain_available {
             return Err(CloseReason::Refused(
                 "PUBLISH with retain while retain_available is false",
@@ -1108,14 +1301,27 @@ impl<S: Transport> Connection<S> {
         let mut accepted = Vec::with_capacity(filters.len());
         let acl = self.router.auth().acl();
         for (filter, qos) in filters {
-            let permitted = acl.as_ref().is_none_or(|a| {
-                a.check_subscribe(&self.session.client_id, self.username.as_deref(), &filter)
-            });
+            let levels = topic_levels(filter.as_bytes());
+            // (Not asked for a filter refused anyway for its depth.)
+            let permitted = levels > self.config.max_topic_levels
+                || acl.as_ref().is_none_or(|a| {
+                    a.check_subscribe(&self.session.client_id, self.username.as_deref(), &filter)
+                });
             match validate_topic_filter(&filter) {
+                Ok(()) if levels > self.config.max_topic_levels => {
+                    info!(
+                        "Client {} subscription to {:?} refused: {levels} levels, over max_topic_levels ({})",
+                        self.session.client_id,
+                        shown(&filter),
+                        self.config.max_topic_levels
+                    );
+                    codes.push(0x80);
+                }
                 Ok(()) if !permitted => {
                     info!(
-                        "Client {} subscription to {filter:?} refused: not authorised (ACL)",
-                        self.session.client_id
+                        "Client {} subscription to {:?} refused: not authorised (ACL)",
+                        self.session.client_id,
+                        shown(&filter)
                     );
                     codes.push(0x80);
                 }
@@ -1126,42 +1332,24 @@ impl<S: Transport> Connection<S> {
                 Ok(()) => codes.push(0x80),
                 Err(e) => {
                     info!(
-                        "Client {} subscription to {filter:?} refused: {e}",
-                        self.session.client_id
+                        "Client {} subscription to {:?} refused: {e}",
+                        self.session.client_id,
+                        shown(&filter)
                     );
                     codes.push(0x80);
                 }
             }
         }
         codec::encode_suback(&mut self.out, pkid, &codes);
-        if !self.config.retain_available {
+        if !self.config.retain_available || accepted.is_empty() {
             return;
         }
-        // [MQTT-3.3.1-6] retained messages after the SUBACK, flagged retained [MQTT-3.3.1-8].
+        // [MQTT-3.3.1-6] retained messages after the SUBACK (already in the write buffer),
+        // flagged retained [MQTT-3.3.1-8]: every one, fed as the queue drains
+        // (`take_deliveries`), never dropped by the queue limits nor copied at once.
+        let mut st = self.session.state.lock();
         for (filter, granted) in accepted {
-            let mut retained = Vec::new();
-            self.router.retained_matching(&filter, &mut retained);
-            if retained.is_empty() {
-                continue;
-            }
-            let mut st = self.session.state.lock();
-            for msg in retained {
-                if let Some(acl) = &acl {
-                    let topic = std::str::from_utf8(&msg.topic).unwrap_or_default();
-                    if !acl.check_read(&self.session.client_id, self.username.as_deref(), topic) {
-                        continue;
-                    }
-                }
-                let item = Queued {
-                    qos: min_qos(msg.qos, granted),
-                    msg,
-                    retain: true,
-                    seq: 0,
-                };
-                if let Err(reason) = st.enqueue(item, self.router.limits()) {
-                    self.router.metrics().stats.dropped(reason, 1);
-                }
-            }
+            st.add_retained_feed(&filter, granted);
         }
     }
 }

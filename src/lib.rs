@@ -26,6 +26,7 @@ pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod http;
+pub mod keepalive;
 pub mod logging;
 pub mod message;
 pub mod metrics;

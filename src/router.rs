@@ -16,10 +16,11 @@ use parking_lot::RwLock;
 use tokio::time::Instant;
 
 use crate::auth::live::AuthState;
+use crate::keepalive::Wheel;
 use crate::message::{min_qos, qos_from_stored, Publication};
 use crate::metrics::{Gauges, Metrics};
 use crate::retained::{RetainedLimits, RetainedStore, SetOutcome};
-use crate::session::{Attachment, DropReason, Queued, Session, SessionLimits};
+use crate::session::{Attachment, DropReason, Queued, Session, SessionLimits, SessionState};
 use crate::storage::Store;
 use crate::trie::{Entry, Trie};
 
@@ -61,6 +62,11 @@ pub struct Attached {
     pub took_over: bool,
 }
 
+/// A handshake lost to a newer connection with the same client id [MQTT-3.1.4-2].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a newer connection with the same client id is already attached")]
+pub struct Superseded;
+
 /// Shared broker state.
 #[derive(Debug)]
 pub struct Router {
@@ -78,8 +84,8 @@ pub struct Router {
     closing: AtomicBool,
     /// Origin of `now_ms` (tokio's clock, so tests can pause it).
     epoch: Instant,
-    /// `now_ms` at the previous `sweep`.
-    last_sweep_ms: AtomicU64,
+    /// Keepalive deadlines and quiet clients of every connection (`crate::keepalive`).
+    wheel: parking_lot::Mutex<Wheel>,
 }
 
 impl Router {
@@ -100,7 +106,7 @@ impl Router {
             next_session_id: AtomicU64::new(1),
             closing: AtomicBool::new(false),
             epoch: Instant::now(),
-            last_sweep_ms: AtomicU64::new(0),
+            wheel: parking_lot::Mutex::new(Wheel::new(crate::connection::IDLE_AFTER_MS)),
         }
     }
 
@@ -115,33 +121,30 @@ impl Router {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Wakes every connection whose client has been silent for longer than 1.5 times its
-    /// keepalive (it then checks its own deadline and closes), and once each connection whose
-    /// client turned quiet `idle_after_ms` ago since the previous sweep (it then frees its
-    /// empty buffers). One sweep for all clients instead of a timer in each (a timer is 112
-    /// bytes of every connection's task). Returns how many were woken.
-    pub fn sweep(&self, idle_after_ms: u64) -> usize {
+    /// Puts connection `conn_id`, just attached to `session`, on the keepalive wheel.
+    pub fn watch_keepalive(&self, session: &Arc<Session>, conn_id: u64) {
         let now = self.now_ms();
-        let previous = self.last_sweep_ms.swap(now, Ordering::Relaxed);
-        let turned_idle = previous.saturating_sub(idle_after_ms)..now.saturating_sub(idle_after_ms);
-        let due: Vec<Arc<Session>> = self
-            .sessions
-            .iter()
-            .filter(|e| {
-                let s = e.value();
-                let limit = s.keepalive_ms.load(Ordering::Relaxed) as u64;
-                let last = s.activity.load(Ordering::Relaxed);
-                let online = s.attached_conn.load(Ordering::Relaxed) != 0;
-                let quiet = turned_idle.contains(&last);
-                online && ((limit > 0 && now >= last + limit) || quiet)
-            })
-            .map(|e| e.value().clone())
-            .collect();
+        self.wheel.lock().insert(session.clone(), conn_id, now);
+    }
+
+    /// One tick of the keepalive wheel (`crate::keepalive`): wakes every connection whose
+    /// client passed 1.5 times its keepalive without a packet (it then checks its own
+    /// deadline and closes), and once each connection whose client turned quiet (it then
+    /// frees its empty buffers). Returns how many were woken.
+    pub fn tick_keepalive(&self) -> usize {
+        let now = self.now_ms();
+        let mut due = Vec::new();
+        self.wheel.lock().advance(now, &mut due);
         for s in &due {
             s.swept.store(true, Ordering::Relaxed);
             s.wake_connection();
         }
         due.len()
+    }
+
+    /// Connections on the keepalive wheel.
+    pub fn keepalive_watched(&self) -> usize {
+        self.wheel.lock().len()
     }
 
     /// Asks every attached connection to close (broker shutdown). A connection checks
@@ -203,6 +206,7 @@ impl Router {
         {
             let mut st = session.state.lock();
             st.username = attach.username.clone();
+            st.newest_conn = attach.conn_id;
             session
                 .attached_conn
                 .store(attach.conn_id, Ordering::Release);
@@ -214,12 +218,25 @@ impl Router {
 
     /// Attaches a new connection to `client_id`, closing any connection already using it and
     /// resuming or discarding the stored session according to clean session.
-    pub fn connect(&self, client_id: &str, clean: bool, attach: Attachment) -> Attached {
+    ///
+    /// Concurrent handshakes for one client id: the newest connection (the higher id, given
+    /// in accept order) wins [MQTT-3.1.4-2]. An older connection whose handshake finishes
+    /// after a newer one attached is refused (`Superseded`) instead of taking the session back,
+    /// so two devices fighting over one id converge on the newest connection.
+    pub fn connect(
+        &self,
+        client_id: &str,
+        clean: bool,
+        attach: Attachment,
+    ) -> Result<Attached, Superseded> {
         let key: Arc<str> = Arc::from(client_id);
-        match self.sessions.entry(key.clone()) {
+        Ok(match self.sessions.entry(key.clone()) {
             MapEntry::Occupied(mut entry) => {
                 let old = entry.get().clone();
                 let mut st = old.state.lock();
+                if st.newest_conn > attach.conn_id {
+                    return Err(Superseded);
+                }
                 // The previous connection sees a different id and closes [MQTT-3.1.4-2].
                 let took_over = st.attached.take().is_some();
                 if clean || st.clean || st.discarded {
@@ -236,6 +253,7 @@ impl Router {
                     }
                 } else {
                     st.username = attach.username.clone();
+                    st.newest_conn = attach.conn_id;
                     old.attached_conn.store(attach.conn_id, Ordering::Release);
                     st.attached = Some(attach);
                     st.disconnected_at = None;
@@ -261,7 +279,7 @@ impl Router {
                     took_over: false,
                 }
             }
-        }
+        })
     }
 
     /// Marks the session discarded, drops its messages and removes its subscriptions.
@@ -272,7 +290,7 @@ impl Router {
             let paused = st.take_space_waiters();
             st.unpersist_session();
             let filters: Vec<Box<str>> = st.subscriptions.drain().map(|(f, _)| f).collect();
-            let on_disk = st.on_disk.take().unwrap_or(0);
+            let on_disk = st.on_disk.take().map_or(0, |d| d.count);
             (filters, st.clear_messages() + on_disk, paused)
         };
         paused.into_iter().for_each(std::task::Waker::wake);
@@ -336,8 +354,59 @@ impl Router {
         if st.subscriptions.remove(filter).is_none() {
             return false;
         }
+        st.cancel_retained_feed(filter);
         st.unpersist_subscription(filter);
         self.trie.write().remove(filter, session.id)
+    }
+
+    /// Feeds the next chunk of retained messages for a session's new subscriptions into its
+    /// queue (the caller holds its lock and checked `wants_retained`). Lock order: session
+    /// state, then the retained tree (read), which nothing takes the other way round.
+    pub fn feed_retained(&self, session: &Session, st: &mut SessionState) {
+        let Some(feeds) = st.retained_feeds.as_deref_mut() else {
+            return;
+        };
+        let Some(feed) = feeds.front_mut() else {
+            st.retained_feeds = None;
+            return;
+        };
+        let granted = feed.qos;
+        let mut chunk = Vec::new();
+        let more = self.retained.read().matching_after(
+            &feed.filter,
+            feed.after.as_deref(),
+            crate::session::FEED_CHUNK,
+            &mut chunk,
+        );
+        match chunk.last() {
+            Some(last) if more => feed.after = Some(last.topic.clone()),
+            _ => {
+                feeds.pop_front();
+                if feeds.is_empty() {
+                    st.retained_feeds = None;
+                }
+            }
+        }
+        let acl = self.auth.acl();
+        for msg in chunk {
+            if let Some(acl) = &acl {
+                let topic = std::str::from_utf8(&msg.topic).unwrap_or_default();
+                if !acl.check_read(&session.client_id, st.username.as_deref(), topic) {
+                    continue;
+                }
+            }
+            let item = Queued {
+                qos: min_qos(msg.qos, granted),
+                msg,
+                // [MQTT-3.3.1-8] sent because of a new subscription: flagged retained.
+                retain: true,
+                seq: 0,
+                dup: false,
+            };
+            if let Err(reason) = st.push_retained(item) {
+                self.metrics.stats.dropped(reason, 1);
+            }
+        }
     }
 
     /// Retained messages matching a (valid) filter.
@@ -406,6 +475,7 @@ impl Router {
                 qos: min_qos(msg.qos, granted),
                 retain: false,
                 seq: 0,
+                dup: false,
             };
             let result = {
                 let mut st = session.state.lock();
@@ -479,7 +549,11 @@ impl Router {
                     Some(now.checked_sub(Duration::from_secs(away)).unwrap_or(now));
                 st.incoming_qos2.extend(stored.incoming_qos2);
                 if stored.stored_messages > 0 {
-                    st.on_disk = Some(stored.stored_messages);
+                    st.on_disk = Some(Box::new(crate::session::OnDisk {
+                        count: stored.stored_messages,
+                        bytes: stored.stored_bytes,
+                        ..Default::default()
+                    }));
                 }
                 let mut trie = self.trie.write();
                 for (filter, q) in &stored.subscriptions {
@@ -489,36 +563,6 @@ impl Router {
                 }
             }
             self.sessions.insert(client, session);
-        }
-    }
-
-    /// Brings a returning client's messages from disk into its session (older ones first).
-    pub async fn load_stored(&self, session: &Arc<Session>) {
-        let Some(store) = self.store.clone() else {
-            return;
-        };
-        let cutoff = {
-            let mut st = session.state.lock();
-            if st.on_disk.take().is_none() {
-                return;
-            }
-            // Messages from now on go to memory (and disk) with higher sequence numbers.
-            store.next_seq()
-        };
-        let client = session.client_id.to_string();
-        let loaded = tokio::task::spawn_blocking(move || {
-            store.flush_blocking();
-            store.load_messages(&client, cutoff)
-        })
-        .await;
-        match loaded {
-            Ok(Ok(messages)) => {
-                let n = messages.len();
-                session.state.lock().restore(messages);
-                tracing::info!("Loaded {n} stored message(s) for {}.", session.client_id);
-            }
-            Ok(Err(e)) => tracing::error!("Loading stored messages of {}: {e}", session.client_id),
-            Err(e) => tracing::error!("Loading stored messages of {}: {e}", session.client_id),
         }
     }
 
@@ -637,50 +681,72 @@ mod tests {
     }
 
     fn attach(r: &Router, id: &str, conn_id: u64, keepalive_ms: u32) -> Arc<Session> {
-        let a = r.connect(
-            id,
-            true,
-            Attachment {
-                conn_id,
-                username: None,
-            },
-        );
+        let a = r
+            .connect(
+                id,
+                true,
+                Attachment {
+                    conn_id,
+                    username: None,
+                },
+            )
+            .expect("newest");
         a.session
             .keepalive_ms
             .store(keepalive_ms, Ordering::Relaxed);
         a.session.activity.store(r.now_ms(), Ordering::Relaxed);
+        r.watch_keepalive(&a.session, conn_id);
         a.session
     }
 
-    /// [MQTT-3.1.2-24] The sweep wakes a connection once 1.5 x its keepalive has passed
-    /// without a packet, and keeps waking it (it closes on the first); offline sessions and
-    /// keepalive 0 are never due for that.
+    /// [MQTT-3.1.2-24] The wheel wakes a connection within a tick (100 ms) once 1.5 x its
+    /// keepalive has passed without a packet, and again each second while it stays open;
+    /// activity moves the deadline; offline sessions and keepalive 0 are never due for it.
     #[tokio::test(start_paused = true)]
-    async fn sweep_wakes_silent_clients_past_their_keepalive() {
+    async fn wheel_wakes_silent_clients_within_a_tick_of_their_deadline() {
         let r = router();
         let silent = attach(&r, "silent", 1, 3000);
         let _none = attach(&r, "no-keepalive", 2, 0);
         let talking = attach(&r, "talking", 3, 3000);
-        assert_eq!(r.sweep(60_000), 0);
-        tokio::time::advance(Duration::from_millis(2000)).await;
-        talking.activity.store(r.now_ms(), Ordering::Relaxed);
-        assert_eq!(r.sweep(60_000), 0, "nobody is past 3 s yet");
-        tokio::time::advance(Duration::from_millis(1000)).await;
-        assert_eq!(r.sweep(60_000), 1, "only the silent one is due");
-        assert_eq!(r.sweep(60_000), 1, "due until it closes");
+        let mut woken_at = None;
+        let mut talked = false;
+        for step in 1..=60u64 {
+            tokio::time::advance(Duration::from_millis(crate::keepalive::TICK_MS)).await;
+            if step == 20 {
+                talking.activity.store(r.now_ms(), Ordering::Relaxed);
+                talked = true;
+            }
+            let n = r.tick_keepalive();
+            if n > 0 && woken_at.is_none() {
+                assert_eq!(n, 1, "only the silent one is due");
+                assert!(silent.swept.swap(false, Ordering::Relaxed));
+                woken_at = Some(step * crate::keepalive::TICK_MS);
+            }
+        }
+        assert!(talked);
+        // Due at 3,000 ms: found at the first tick at or after it.
+        assert_eq!(woken_at, Some(3000));
+        // The talking client (last packet at 2,000 ms) is due at 5,000 ms: woken by now (6 s).
+        assert!(talking.swept.load(Ordering::Relaxed));
         r.disconnect(&silent, 1);
-        assert_eq!(r.sweep(60_000), 0, "offline sessions are not swept");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let before = r.keepalive_watched();
+        r.tick_keepalive();
+        assert!(
+            r.keepalive_watched() < before,
+            "the closed connection's entry went"
+        );
     }
 
-    /// A client that turned quiet is woken once (to free its buffers), not at every sweep.
+    /// A client that turned quiet is woken once (to free its buffers), not at every tick.
     #[tokio::test(start_paused = true)]
-    async fn sweep_wakes_a_client_turning_quiet_once() {
+    async fn wheel_wakes_a_client_turning_quiet_once() {
         let r = router();
         let quiet = attach(&r, "quiet", 1, 0);
         let mut woken = 0;
-        for _ in 0..30 {
-            tokio::time::advance(Duration::from_secs(1)).await;
-            woken += r.sweep(10_000);
+        for _ in 0..300 {
+            tokio::time::advance(Duration::from_millis(crate::keepalive::TICK_MS)).await;
+            woken += r.tick_keepalive();
         }
         assert_eq!(woken, 1);
         assert!(

@@ -336,6 +336,9 @@ async fn accept_loop(
             drop(socket);
             continue;
         };
+        // Taken here, in accept order: of several connections with one client id, the one
+        // accepted last wins [MQTT-3.1.4-2], however their handshakes interleave.
+        let conn_id = connection::next_conn_id();
         // Our writer batches; Nagle would only add latency.
         let _ = socket.set_nodelay(true);
         // The permit travels with the connection and is released when it ends.
@@ -344,6 +347,7 @@ async fn accept_loop(
                 tracker.spawn(connection::serve(
                     socket,
                     peer,
+                    conn_id,
                     ctx.clone(),
                     CertUser::NotUsed,
                     Some(permit),
@@ -352,7 +356,7 @@ async fn accept_loop(
             Some(tls) => {
                 let ctx = ctx.clone();
                 let identity = listener.identity;
-                tracker.spawn(serve_tls(socket, peer, ctx, tls, identity, permit));
+                tracker.spawn(serve_tls(socket, peer, conn_id, ctx, tls, identity, permit));
             }
         }
     }
@@ -362,6 +366,7 @@ async fn accept_loop(
 async fn serve_tls(
     socket: TcpStream,
     peer: SocketAddr,
+    conn_id: u64,
     ctx: Context,
     tls: Arc<TlsAcceptor>,
     identity: Option<IdentitySource>,
@@ -412,7 +417,7 @@ async fn serve_tls(
             }
         }
     };
-    connection::serve(stream, peer, ctx, user, Some(permit)).await;
+    connection::serve(stream, peer, conn_id, ctx, user, Some(permit)).await;
 }
 
 /// Folds histogram samples into buckets even when nobody scrapes, so memory stays bounded.
@@ -426,23 +431,17 @@ async fn upkeep_loop(router: Arc<Router>, shutdown: CancellationToken) {
     }
 }
 
-/// Closes clients silent for 1.5 x their keepalive [MQTT-3.1.2-24], within a second of it
-/// (up to 100,000 sessions; see `sweep_period`).
+/// Ticks the keepalive wheel: clients silent for 1.5 x their keepalive are closed within a
+/// tick (100 ms) of the deadline [MQTT-3.1.2-24] (`crate::keepalive`).
 async fn keepalive_loop(router: Arc<Router>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(crate::keepalive::TICK_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let period = sweep_period(router.session_count());
         tokio::select! {
-            _ = tokio::time::sleep(period) => { router.sweep(connection::IDLE_AFTER_MS); }
+            _ = tick.tick() => { router.tick_keepalive(); }
             _ = shutdown.cancelled() => return,
         }
     }
-}
-
-/// Every second, and less often above 100,000 sessions so the sweep stays under 1% of a core
-/// (measured: 4.8 ms for 100,000 sessions, 70 ms for 1,000,000, mostly cache misses): every
-/// 10 s at a million. Keepalive is then enforced that much late at most.
-fn sweep_period(sessions: usize) -> Duration {
-    Duration::from_secs(1).max(Duration::from_micros(sessions as u64 * 10))
 }
 
 async fn expire_loop(router: Arc<Router>, expiry: Duration, shutdown: CancellationToken) {
@@ -455,17 +454,5 @@ async fn expire_loop(router: Arc<Router>, expiry: Duration, shutdown: Cancellati
             _ = tick.tick() => { router.expire_sessions(expiry); }
             _ = shutdown.cancelled() => return,
         }
-    }
-}
-
-#[cfg(test)]
-mod sweep_tests {
-    use super::*;
-
-    #[test]
-    fn keepalive_sweep_period_grows_past_100k_sessions() {
-        assert_eq!(sweep_period(0), Duration::from_secs(1));
-        assert_eq!(sweep_period(100_000), Duration::from_secs(1));
-        assert_eq!(sweep_period(1_000_000), Duration::from_secs(10));
     }
 }

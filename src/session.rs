@@ -160,6 +160,8 @@ pub struct Queued {
     pub retain: bool,
     /// Storage sequence number; 0 when the message is not persisted.
     pub seq: u64,
+    /// Sent before a restart (restored from disk): goes out with DUP=1 [MQTT-3.3.1-1].
+    pub dup: bool,
 }
 
 /// Where an outgoing QoS 1/2 message is in its handshake.
@@ -185,6 +187,36 @@ pub enum Outgoing {
     PubRel(u16),
 }
 
+/// A persistent session's queue while it is on disk (after a restart): bounded like the
+/// in-memory queue, and brought into memory a chunk at a time as the client takes it.
+#[derive(Debug, Default)]
+pub struct OnDisk {
+    /// Messages stored.
+    pub count: usize,
+    /// Their bytes (as stored: about topic + payload each).
+    pub bytes: usize,
+    /// Sequence number of the last message loaded: the next chunk starts after it.
+    pub after: u64,
+    /// Messages appended since the session was restored.
+    pub appends: u64,
+    /// Connection whose load is under way (0: none); only its result is taken, so a load
+    /// started by a connection that was taken over is dropped and the new one loads again.
+    pub loader: u64,
+    /// `appends` when that load started.
+    pub loader_appends: u64,
+}
+
+/// A chunk load to start (`SessionState::load_request`).
+#[derive(Debug, Clone, Copy)]
+pub struct LoadRequest {
+    pub after: u64,
+}
+
+/// Messages per chunk loaded from disk.
+pub const LOAD_MESSAGES: usize = 128;
+/// Bytes per chunk loaded from disk (at least one message).
+pub const LOAD_BYTES: usize = 1024 * 1024;
+
 /// Mutable session state.
 #[derive(Debug)]
 pub struct SessionState {
@@ -196,6 +228,9 @@ pub struct SessionState {
     pub attached: Option<Attachment>,
     /// Set when the session was removed from the router; later subscribes are ignored.
     pub discarded: bool,
+    /// Id of the newest connection that attached: an older one finishing its handshake
+    /// later does not take the session back [MQTT-3.1.4-2].
+    pub newest_conn: u64,
     /// Topic filter -> granted QoS.
     pub subscriptions: Subscriptions,
     /// Messages not yet sent (beyond the in-flight window), oldest first.
@@ -220,9 +255,9 @@ pub struct SessionState {
     pub congested_since: Option<Instant>,
     /// For persistent sessions with persistence on: the store and this client's id.
     pub store: Option<(Arc<Store>, Arc<str>)>,
-    /// Messages kept on disk and not loaded (after a restart, until the client returns);
-    /// while set, new messages go to disk only.
-    pub on_disk: Option<usize>,
+    /// Messages kept on disk and not loaded (after a restart, until the client returns and
+    /// has taken them all, a chunk at a time); while set, new messages go to disk only.
+    pub on_disk: Option<Box<OnDisk>>,
     /// Messages dropped for this client since the session began, by `DropReason::index`.
     pub dropped: DropCounts,
     /// The attached connection's task, left here each time it looks at the queue: a new
@@ -231,7 +266,25 @@ pub struct SessionState {
     pub waker: Option<Waker>,
     /// Publishers paused by this session's full QoS 1/2 queue, woken once it drains.
     pub space_waiters: Vec<Waker>,
+    /// Retained messages still to send for new subscriptions, fed into the queue a chunk at
+    /// a time as it drains (`Router::feed_retained`): boxed, most sessions have none.
+    pub retained_feeds: Option<Box<VecDeque<RetainedFeed>>>,
 }
+
+/// The retained messages of one new subscription still to send [MQTT-3.3.1-6]: every one is
+/// sent, paced by the in-flight window and TCP, none dropped by the queue limits, and a
+/// filter matching a million is never copied into the queue at once.
+#[derive(Debug)]
+pub struct RetainedFeed {
+    pub filter: Box<str>,
+    /// Granted QoS of the subscription.
+    pub qos: QoS,
+    /// Topic of the last message fed (the walk resumes after it); None: not started.
+    pub after: Option<bytes::Bytes>,
+}
+
+/// Retained messages fed into a queue per turn.
+pub const FEED_CHUNK: usize = 32;
 
 /// A session's subscriptions (filter -> granted QoS): a sorted Vec while few (most clients hold
 /// a handful, and this is memory per session), a HashMap past MANY_SUBSCRIPTIONS (so a client
@@ -432,6 +485,7 @@ impl SessionState {
             username: None,
             attached: None,
             discarded: false,
+            newest_conn: 0,
             subscriptions: Subscriptions::default(),
             queue: VecDeque::new(),
             queued_bytes: 0,
@@ -447,6 +501,7 @@ impl SessionState {
             on_disk: None,
             waker: None,
             space_waiters: Vec::new(),
+            retained_feeds: None,
         }
     }
 
@@ -509,16 +564,31 @@ impl SessionState {
         if !online && item.qos == QoS::AtMostOnce && !limits.queue_qos0 {
             return Err(self.note_drop(DropReason::Qos0Offline));
         }
-        if let Some(stored) = self.on_disk {
-            // After a restart, until the client returns: append to disk, not to memory.
-            if stored >= limits.max_queued_messages {
+        if let Some((count, bytes)) = self.on_disk.as_deref().map(|d| (d.count, d.bytes)) {
+            // After a restart, until the client has taken what is stored: append to disk,
+            // not to memory (order), bounded like the queue in memory (a connected client
+            // draining it gets the backpressure margin: twice the limits).
+            let factor = if online { 2 } else { 1 };
+            let size = item.msg.size() + 3;
+            if count >= factor * limits.max_queued_messages
+                || bytes + size > factor * limits.max_queued_bytes
+            {
                 return Err(self.note_drop(DropReason::QueueFull));
             }
             if !self.persist(&mut item) {
                 return Err(self.note_drop(DropReason::StorageError));
             }
-            self.on_disk = Some(stored + 1);
-            return Ok(Enqueued::default());
+            let wake = self.queue.is_empty() && online;
+            if let Some(d) = self.on_disk.as_deref_mut() {
+                d.count += 1;
+                d.bytes += size;
+                d.appends += 1;
+            }
+            return Ok(Enqueued {
+                // The connection loads it (it may be waiting for nothing else).
+                wake: if wake { self.waker.take() } else { None },
+                congested: false,
+            });
         }
         let size = item.msg.size();
         let qos0 = item.qos == QoS::AtMostOnce;
@@ -647,11 +717,52 @@ impl SessionState {
         }
     }
 
-    /// Puts messages loaded from disk (older than anything in memory) in front: those that
-    /// were in flight back into the window with their packet ids, the rest before the queue.
-    pub fn restore(&mut self, loaded: Vec<crate::storage::StoredMessage>) {
-        let mut front = Vec::new();
-        for m in loaded {
+    /// Whether connection `conn_id` should load the next chunk from disk now: the session
+    /// has messages there, the queue in memory runs short, and no load of this connection's is
+    /// under way. Marks the load as its.
+    pub fn load_request(&mut self, conn_id: u64) -> Option<LoadRequest> {
+        let d = self.on_disk.as_deref_mut()?;
+        let short = self.queue.len() < LOAD_MESSAGES / 2 && self.queued_bytes < LOAD_BYTES;
+        if d.loader == conn_id || !short {
+            return None;
+        }
+        d.loader = conn_id;
+        d.loader_appends = d.appends;
+        Some(LoadRequest { after: d.after })
+    }
+
+    /// Takes a chunk loaded from disk by connection `conn_id` (false, and nothing taken, if
+    /// that load is no longer the session's: taken over). Messages that were in flight go
+    /// back into the window with their packet ids and are re-sent into `resend` [MQTT-4.4.0-1];
+    /// the rest join the queue (behind earlier chunks, before anything newer, which is on disk).
+    pub fn restore_chunk(
+        &mut self,
+        conn_id: u64,
+        chunk: crate::storage::LoadedChunk,
+        resend: &mut Vec<Outgoing>,
+    ) -> bool {
+        let Some(d) = self.on_disk.as_deref_mut() else {
+            return false;
+        };
+        if d.loader != conn_id {
+            return false;
+        }
+        d.loader = 0;
+        let taken = chunk.messages.len() + chunk.skipped;
+        let bytes: usize = chunk
+            .messages
+            .iter()
+            .map(|m| m.topic.len() + m.payload.len() + 3)
+            .sum();
+        d.count = d.count.saturating_sub(taken);
+        d.bytes = d.bytes.saturating_sub(bytes);
+        d.after = d.after.max(chunk.last_seq);
+        // Done once all is taken; or when the disk had nothing more and nothing was added
+        // since this load started (a count that was off cannot keep us loading forever).
+        if d.count == 0 || (taken == 0 && d.appends == d.loader_appends) {
+            self.on_disk = None;
+        }
+        for m in chunk.messages {
             let qos = qos_from_stored(m.qos);
             let item = Queued {
                 msg: Arc::new(Publication {
@@ -664,6 +775,7 @@ impl SessionState {
                 qos,
                 retain: false,
                 seq: m.seq,
+                dup: m.sent && qos != QoS::AtMostOnce,
             };
             match m.inflight {
                 Some((pkid, rec))
@@ -674,20 +786,79 @@ impl SessionState {
                         (QoS::ExactlyOnce, false) => InflightState::AwaitPubRec,
                         _ => InflightState::AwaitPubAck,
                     };
+                    resend.push(match state {
+                        InflightState::AwaitPubComp => Outgoing::PubRel(pkid),
+                        _ => Outgoing::Publish {
+                            item: item.clone(),
+                            pkid,
+                            dup: true,
+                        },
+                    });
                     self.inflight.push_back(Inflight { pkid, item, state });
                 }
-                _ => front.push(item),
+                _ => {
+                    let size = item.msg.size();
+                    self.queued_bytes += size;
+                    if item.qos == QoS::AtMostOnce {
+                        self.queued_qos0 += 1;
+                        self.queued_bytes_qos0 += size;
+                    }
+                    self.queue.push_back(item);
+                }
             }
         }
-        for item in front.into_iter().rev() {
-            let size = item.msg.size();
-            self.queued_bytes += size;
-            if item.qos == QoS::AtMostOnce {
-                self.queued_qos0 += 1;
-                self.queued_bytes_qos0 += size;
+        true
+    }
+
+    /// Starts sending the retained messages matching a new subscription (again from the
+    /// start if the filter was being fed already: a re-subscribe sends them anew).
+    pub fn add_retained_feed(&mut self, filter: &str, qos: QoS) {
+        let feeds = self.retained_feeds.get_or_insert_with(Default::default);
+        feeds.retain(|f| &*f.filter != filter);
+        feeds.push_back(RetainedFeed {
+            filter: filter.into(),
+            qos,
+            after: None,
+        });
+    }
+
+    /// Stops feeding retained messages for `filter` (unsubscribed).
+    pub fn cancel_retained_feed(&mut self, filter: &str) {
+        if let Some(feeds) = self.retained_feeds.as_deref_mut() {
+            feeds.retain(|f| &*f.filter != filter);
+            if feeds.is_empty() {
+                self.retained_feeds = None;
             }
-            self.queue.push_front(item);
         }
+    }
+
+    /// Whether the next chunk of retained messages should be fed now: there are some, and the
+    /// queue runs short (memory stays bounded however many match).
+    pub fn wants_retained(&self) -> bool {
+        self.retained_feeds.is_some()
+            && self.queue.len() < FEED_CHUNK
+            && self.queued_bytes < LOAD_BYTES
+    }
+
+    /// Queues a retained message fed for a subscription: persisted like any delivery, but
+    /// not subject to the queue limits (the feed paces itself).
+    pub fn push_retained(&mut self, mut item: Queued) -> Result<(), DropReason> {
+        if !self.persist(&mut item) {
+            return Err(self.note_drop(DropReason::StorageError));
+        }
+        let size = item.msg.size();
+        self.queued_bytes += size;
+        if item.qos == QoS::AtMostOnce {
+            self.queued_qos0 += 1;
+            self.queued_bytes_qos0 += size;
+        }
+        self.queue.push_back(item);
+        Ok(())
+    }
+
+    /// Messages kept on disk for this session (not yet loaded).
+    pub fn on_disk_count(&self) -> usize {
+        self.on_disk.as_deref().map_or(0, |d| d.count)
     }
 
     /// Counts a drop against this client (for the slow-client report) and returns the reason.
@@ -720,6 +891,7 @@ impl SessionState {
         mut budget: usize,
         out: &mut Vec<Outgoing>,
     ) -> bool {
+        let mut sent_seq = 0;
         while budget > 0 {
             let Some(front) = self.queue.front() else {
                 break;
@@ -757,17 +929,19 @@ impl SessionState {
                 } else {
                     InflightState::AwaitPubRec
                 };
+                sent_seq = sent_seq.max(item.seq);
+                let dup = item.dup;
                 self.inflight.push_back(Inflight {
                     pkid,
                     item: item.clone(),
                     state,
                 });
-                out.push(Outgoing::Publish {
-                    item,
-                    pkid,
-                    dup: false,
-                });
+                out.push(Outgoing::Publish { item, pkid, dup });
             }
+        }
+        if let (Some((store, client)), true) = (&self.store, sent_seq > 0) {
+            // One record per batch: after a restart these go out again with DUP=1.
+            store.set_sent(client, sent_seq);
         }
         if self.queue.is_empty() && self.queue.capacity() > 64 {
             self.queue.shrink_to_fit();
@@ -887,6 +1061,7 @@ mod tests {
             qos,
             retain: false,
             seq: 0,
+            dup: false,
         }
     }
 

@@ -34,6 +34,11 @@ const RETAINED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("retained")
 /// SUBSCRIBE writes one small record whatever the session's number of filters.
 const SUBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("subscriptions");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Per persistent session: the highest sequence number of a message already sent to it. After
+/// a restart a QoS 1 message at or below it goes out again with DUP=1 [MQTT-3.3.1-1]. One
+/// record per delivery batch, not per message: within a session, sequence numbers follow the
+/// queue's order (they are taken under the session's lock).
+const SENT: TableDefinition<&[u8], u64> = TableDefinition::new("sent");
 
 /// How soon a failed commit is retried when nothing new arrives.
 const FAILED_COMMIT_RETRY: Duration = Duration::from_secs(1);
@@ -90,6 +95,10 @@ enum Op {
     DeleteMessage {
         key: Vec<u8>,
     },
+    SetSent {
+        client: Vec<u8>,
+        seq: u64,
+    },
     PutRetained {
         topic: Bytes,
         value: Vec<u8>,
@@ -136,7 +145,7 @@ impl Op {
                 Op::PutRetained { topic, value } => topic.len() + value.len(),
                 Op::DeleteRetained { topic } => topic.len(),
                 Op::PutSession { client, value } => client.len() + value.len(),
-                Op::DeleteSession { client } => client.len(),
+                Op::DeleteSession { client } | Op::SetSent { client, .. } => client.len(),
                 Op::Shutdown => 0,
             }
     }
@@ -154,6 +163,18 @@ pub struct StoredMessage {
     pub payload: Bytes,
     /// Packet id and whether PUBREC was received, if it was in flight.
     pub inflight: Option<(u16, bool)>,
+    /// It was sent before (a re-send carries DUP=1).
+    pub sent: bool,
+}
+
+/// One chunk of a session's stored messages (`Store::load_messages`).
+#[derive(Debug, Default)]
+pub struct LoadedChunk {
+    pub messages: Vec<StoredMessage>,
+    /// Records of the range that could not be decoded (dropped, but they were counted).
+    pub skipped: usize,
+    /// Sequence number of the last record read: the next chunk starts after it.
+    pub last_seq: u64,
 }
 
 /// A stored persistent session.
@@ -166,6 +187,8 @@ pub struct StoredSession {
     pub incoming_qos2: Vec<u16>,
     /// Messages on disk for it (loaded when the client comes back).
     pub stored_messages: usize,
+    /// Their bytes as stored (about topic + payload each).
+    pub stored_bytes: usize,
 }
 
 /// What startup recovered.
@@ -238,6 +261,13 @@ fn client_range(client: &str) -> (Vec<u8>, Vec<u8>) {
 fn split_key(k: &[u8]) -> Option<(&[u8], &[u8])> {
     let i = k.iter().position(|&b| b == 0)?;
     Some((&k[..i], &k[i + 1..]))
+}
+
+/// The sequence number of a message key.
+fn seq_of(k: &[u8]) -> Option<u64> {
+    split_key(k)
+        .and_then(|(_, s)| <[u8; 8]>::try_from(s).ok())
+        .map(u64::from_be_bytes)
 }
 
 fn encode_message(qos: u8, topic: &[u8], payload: &[u8]) -> Vec<u8> {
@@ -331,12 +361,25 @@ impl Store {
                 w.open_table(SESSIONS).map_err(|e| open_err(&e))?;
                 w.open_table(RETAINED).map_err(|e| open_err(&e))?;
                 w.open_table(SUBS).map_err(|e| open_err(&e))?;
+                w.open_table(SENT).map_err(|e| open_err(&e))?;
                 let meta = w.open_table(META).map_err(|e| open_err(&e))?;
-                let seq = meta
+                let recorded = meta
                     .get("next_seq")
                     .map_err(|e| open_err(&e))?
-                    .map(|g| g.value());
-                seq.unwrap_or(1)
+                    .map(|g| g.value())
+                    .unwrap_or(1);
+                // From the data itself too: a sequence number must never be handed out again
+                // while a message with it is stored (the meta record alone was once reset by
+                // a run that stored nothing, and new messages then hid older ones).
+                let messages = w.open_table(MESSAGES).map_err(|e| open_err(&e))?;
+                let mut highest = 0u64;
+                for item in messages.iter().map_err(|e| open_err(&e))? {
+                    let (k, _) = item.map_err(|e| open_err(&e))?;
+                    if let Some(seq) = seq_of(k.value()) {
+                        highest = highest.max(seq);
+                    }
+                }
+                recorded.max(highest.saturating_add(1)).max(1)
             };
             w.commit().map_err(|e| open_err(&e))?;
             seq
@@ -358,7 +401,7 @@ impl Store {
             let db = db.clone();
             std::thread::Builder::new()
                 .name("roostd-storage".into())
-                .spawn(move || writer_loop(db, rx, policy, shared))
+                .spawn(move || writer_loop(db, rx, policy, shared, next_seq))
                 .map_err(StorageError::Thread)?
         };
         info!("Persistence in {} (fsync {policy:?}).", path.display());
@@ -454,6 +497,14 @@ impl Store {
             key: key(client, &seq.to_be_bytes()),
             pkid,
             awaiting_pubcomp,
+        });
+    }
+
+    /// Messages of `client` up to `seq` were sent (see `SENT`).
+    pub fn set_sent(&self, client: &str, seq: u64) {
+        self.send(Op::SetSent {
+            client: client.as_bytes().to_vec(),
+            seq,
         });
     }
 
@@ -581,6 +632,7 @@ impl Store {
                             disconnected_at,
                             incoming_qos2: Vec::new(),
                             stored_messages: 0,
+                            stored_bytes: 0,
                         },
                     );
                 }
@@ -640,10 +692,13 @@ impl Store {
         // Count each session's messages from the keys only.
         let messages = r.open_table(MESSAGES).map_err(|e| err(&e))?;
         for item in messages.iter().map_err(|e| err(&e))? {
-            let (k, _) = item.map_err(|e| err(&e))?;
+            let (k, v) = item.map_err(|e| err(&e))?;
             let client = split_key(k.value()).and_then(|(c, _)| std::str::from_utf8(c).ok());
             match client.and_then(|c| by_client.get_mut(c)) {
-                Some(s) => s.stored_messages += 1,
+                Some(s) => {
+                    s.stored_messages += 1;
+                    s.stored_bytes += v.value().len();
+                }
                 None => out.dropped_records += 1,
             }
         }
@@ -651,13 +706,16 @@ impl Store {
         Ok(out)
     }
 
-    /// Reads a session's stored messages with sequence numbers below `before`, in order.
+    /// Reads the next chunk of a session's stored messages: sequence numbers above `after`,
+    /// in order, at most `max_messages` and (past the first) `max_bytes` of topic + payload.
     /// Blocking: call from spawn_blocking.
     pub fn load_messages(
         &self,
         client: &str,
-        before: u64,
-    ) -> Result<Vec<StoredMessage>, StorageError> {
+        after: u64,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> Result<LoadedChunk, StorageError> {
         let err = |e: &dyn std::fmt::Display| StorageError::Read {
             path: self.path.clone(),
             detail: e.to_string(),
@@ -670,39 +728,58 @@ impl Store {
         let r = db.begin_read().map_err(|e| err(&e))?;
         let messages = r.open_table(MESSAGES).map_err(|e| err(&e))?;
         let inflight = r.open_table(INFLIGHT).map_err(|e| err(&e))?;
-        let (lo, hi) = client_range(client);
-        let mut out = Vec::new();
+        let sent_through = r
+            .open_table(SENT)
+            .map_err(|e| err(&e))?
+            .get(client.as_bytes())
+            .map_err(|e| err(&e))?
+            .map(|g| g.value())
+            .unwrap_or(0);
+        let lo = key(client, &after.saturating_add(1).to_be_bytes());
+        let (_, hi) = client_range(client);
+        let mut chunk = LoadedChunk {
+            last_seq: after,
+            ..LoadedChunk::default()
+        };
+        let mut bytes = 0;
+        if after == u64::MAX {
+            return Ok(chunk);
+        }
         for item in messages
             .range(lo.as_slice()..hi.as_slice())
             .map_err(|e| err(&e))?
         {
+            if chunk.messages.len() >= max_messages
+                || (!chunk.messages.is_empty() && bytes >= max_bytes)
+            {
+                break;
+            }
             let (k, v) = item.map_err(|e| err(&e))?;
-            let Some(seq) = split_key(k.value())
-                .and_then(|(_, s)| <[u8; 8]>::try_from(s).ok())
-                .map(u64::from_be_bytes)
-            else {
+            let Some(seq) = seq_of(k.value()) else {
+                chunk.skipped += 1;
                 continue;
             };
-            if seq >= before {
-                continue;
-            }
+            chunk.last_seq = seq;
             let Some((qos, topic, payload)) = decode_message(v.value()) else {
                 warn!("Dropping an undecodable stored message of {client} (seq {seq}).");
+                chunk.skipped += 1;
                 continue;
             };
             let mark = inflight.get(k.value()).map_err(|e| err(&e))?.and_then(|g| {
                 let v = g.value();
                 (v.len() == 3).then(|| (u16::from_be_bytes([v[0], v[1]]), v[2] == 1))
             });
-            out.push(StoredMessage {
+            bytes += topic.len() + payload.len();
+            chunk.messages.push(StoredMessage {
                 seq,
                 qos,
                 topic,
                 payload,
                 inflight: mark,
+                sent: seq <= sent_through,
             });
         }
-        Ok(out)
+        Ok(chunk)
     }
 
     /// Commits what is pending with an fsync and stops the writer (clean shutdown).
@@ -734,13 +811,11 @@ fn apply(
     let mut sessions = w.open_table(SESSIONS)?;
     let mut retained = w.open_table(RETAINED)?;
     let mut subs = w.open_table(SUBS)?;
+    let mut sent = w.open_table(SENT)?;
     for (_, op) in ops {
         match op {
             Op::PutMessage { key, value } => {
-                if let Some(seq) = split_key(key)
-                    .and_then(|(_, s)| <[u8; 8]>::try_from(s).ok())
-                    .map(u64::from_be_bytes)
-                {
+                if let Some(seq) = seq_of(key) {
                     *next_seq_seen = (*next_seq_seen).max(seq + 1);
                 }
                 messages.insert(key.as_slice(), value.as_slice())?;
@@ -760,6 +835,12 @@ fn apply(
                 messages.remove(key.as_slice())?;
                 inflight.remove(key.as_slice())?;
             }
+            Op::SetSent { client, seq } => {
+                let old = sent.get(client.as_slice())?.map(|g| g.value()).unwrap_or(0);
+                if *seq > old {
+                    sent.insert(client.as_slice(), *seq)?;
+                }
+            }
             Op::PutRetained { topic, value } => {
                 retained.insert(topic.as_ref(), value.as_slice())?;
             }
@@ -771,6 +852,7 @@ fn apply(
             }
             Op::DeleteSession { client } => {
                 sessions.remove(client.as_slice())?;
+                sent.remove(client.as_slice())?;
                 let c = std::str::from_utf8(client).unwrap_or_default();
                 let (lo, hi) = client_range(c);
                 messages.retain_in(lo.as_slice()..hi.as_slice(), |_, _| false)?;
@@ -794,7 +876,11 @@ fn apply(
         }
     }
     let mut meta = w.open_table(META)?;
-    meta.insert("next_seq", *next_seq_seen)?;
+    // Never backwards (a run that stores nothing keeps what the last one recorded).
+    let recorded = meta.get("next_seq")?.map(|g| g.value()).unwrap_or(0);
+    if *next_seq_seen > recorded {
+        meta.insert("next_seq", *next_seq_seen)?;
+    }
     Ok(())
 }
 
@@ -807,7 +893,13 @@ struct Shared {
     backlog: Arc<AtomicUsize>,
 }
 
-fn writer_loop(db: Arc<Database>, rx: Receiver<(u64, Op)>, policy: FsyncPolicy, shared: Shared) {
+fn writer_loop(
+    db: Arc<Database>,
+    rx: Receiver<(u64, Op)>,
+    policy: FsyncPolicy,
+    shared: Shared,
+    next_seq: u64,
+) {
     let Shared {
         committed,
         notify,
@@ -817,7 +909,7 @@ fn writer_loop(db: Arc<Database>, rx: Receiver<(u64, Op)>, policy: FsyncPolicy, 
     } = shared;
     let mut last_sync = Instant::now();
     let mut unsynced = false;
-    let mut next_seq_seen = 1u64;
+    let mut next_seq_seen = next_seq;
     let mut batch: Vec<(u64, Op)> = Vec::new();
     let tick = match policy {
         FsyncPolicy::Interval(d) => d,
@@ -979,7 +1071,10 @@ mod tests {
         assert_eq!(sess.subscriptions, vec![("a/#".to_string(), 1)]);
         assert_eq!(sess.incoming_qos2, vec![42]);
         assert_eq!(sess.stored_messages, 4);
-        let msgs = s.load_messages("dev1", u64::MAX).unwrap();
+        let msgs = s
+            .load_messages("dev1", 0, 100, usize::MAX)
+            .unwrap()
+            .messages;
         let payloads: Vec<&[u8]> = msgs.iter().map(|m| &m.payload[..]).collect();
         assert_eq!(payloads, vec![&b"m0"[..], b"m2", b"m3", b"m4"]);
         assert_eq!(msgs[0].inflight, Some((7, false)));
@@ -987,8 +1082,90 @@ mod tests {
         assert!(s.next_seq() > msgs[3].seq);
         s.delete_session("dev1");
         s.flush_blocking();
-        assert!(s.load_messages("dev1", u64::MAX).unwrap().is_empty());
+        assert!(s
+            .load_messages("dev1", 0, 100, usize::MAX)
+            .unwrap()
+            .messages
+            .is_empty());
         assert!(s.recover().unwrap().sessions.is_empty());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Issue 11, item 11: a run that stores nothing must not reset the sequence counter (it
+    /// was written back as 1 on every commit), or the next run's messages reuse numbers of
+    /// stored ones and hide them. Recovered from the data itself at open, never backwards.
+    #[test]
+    fn sequence_numbers_never_go_back_across_restarts() {
+        let d = dir("seq");
+        let first = {
+            let s = Store::open(&d, FsyncPolicy::Always).unwrap();
+            s.put_session("c", true);
+            let seqs: Vec<u64> = (0..5).map(|_| s.next_seq()).collect();
+            for &q in &seqs {
+                s.put_message("c", q, 1, b"t", b"x");
+            }
+            s.flush_blocking();
+            s.close();
+            seqs
+        };
+        {
+            // A run that commits something unrelated (a session record) but no message.
+            let s = Store::open(&d, FsyncPolicy::Always).unwrap();
+            s.put_session("other", true);
+            s.flush_blocking();
+            s.close();
+        }
+        // The meta record alone is not trusted: set it back as an old build did.
+        {
+            let db = Database::create(d.join("roostd.redb")).unwrap();
+            let w = db.begin_write().unwrap();
+            w.open_table(META)
+                .unwrap()
+                .insert("next_seq", 1u64)
+                .unwrap();
+            w.commit().unwrap();
+        }
+        let s = Store::open(&d, FsyncPolicy::Always).unwrap();
+        let next = s.next_seq();
+        assert!(
+            next > *first.last().unwrap(),
+            "{next} reuses a stored number"
+        );
+        s.put_message("c", next, 1, b"t", b"new");
+        s.flush_blocking();
+        let chunk = s.load_messages("c", 0, 100, usize::MAX).unwrap();
+        assert_eq!(chunk.messages.len(), 6, "every stored message is loaded");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Chunks: at most N messages or (past the first) B bytes, resuming after the last one;
+    /// the sent mark makes QoS 1 re-sends DUP [MQTT-3.3.1-1].
+    #[test]
+    fn messages_load_in_bounded_chunks_with_their_sent_mark() {
+        let d = dir("chunks");
+        let s = Store::open(&d, FsyncPolicy::Always).unwrap();
+        let seqs: Vec<u64> = (0..10).map(|_| s.next_seq()).collect();
+        for &q in &seqs {
+            s.put_message("c", q, 1, b"t", &[0u8; 100]);
+        }
+        s.set_sent("c", seqs[3]);
+        s.set_sent("c", seqs[1]); // never backwards
+        s.flush_blocking();
+        let a = s.load_messages("c", 0, 4, usize::MAX).unwrap();
+        assert_eq!(a.messages.len(), 4);
+        assert!(a.messages.iter().all(|m| m.sent));
+        let b = s.load_messages("c", a.last_seq, 100, 250).unwrap();
+        assert_eq!(b.messages.len(), 3, "about 250 bytes: three of 101");
+        assert!(b.messages.iter().all(|m| !m.sent));
+        let c = s.load_messages("c", b.last_seq, 100, 1).unwrap();
+        assert_eq!(c.messages.len(), 1, "at least one message per chunk");
+        s.delete_session("c");
+        s.flush_blocking();
+        assert!(s
+            .load_messages("c", 0, 100, usize::MAX)
+            .unwrap()
+            .messages
+            .is_empty());
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -20,7 +20,9 @@ use crate::message::Publication;
 pub enum ProtocolError {
     #[error("[MQTT-2.2.3-1] malformed remaining length")]
     MalformedRemainingLength,
-    #[error("packet of {size} bytes exceeds message_size_limit ({limit} bytes)")]
+    #[error(
+        "[MQTT-2.2.3] remaining length of {size} bytes exceeds message_size_limit ({limit} bytes)"
+    )]
     TooLarge { size: usize, limit: usize },
     #[error("[MQTT-2.2.1] reserved packet type {0}")]
     ReservedPacketType(u8),
@@ -30,7 +32,9 @@ pub enum ProtocolError {
     NotConnect(&'static str),
     #[error("[MQTT-3.1.0-2] second CONNECT on one connection")]
     SecondConnect,
-    #[error("{0} is sent by servers, not clients")]
+    #[error("[MQTT-3.1.0-1] first packet is not CONNECT (first byte {0:#04x})")]
+    FirstByte(u8),
+    #[error("[MQTT-2.2.1] {0} is sent by servers, not clients")]
     ServerPacket(&'static str),
     #[error("[MQTT-3.1.2-1] protocol name is not \"MQTT\"")]
     ProtocolName,
@@ -46,8 +50,8 @@ pub enum ProtocolError {
     WillTopic(TopicError),
     #[error("[MQTT-1.5.3-1] {0} is not valid UTF-8")]
     Utf8(&'static str),
-    #[error("[MQTT-1.5.3-2] client identifier contains U+0000")]
-    ClientIdNul,
+    #[error("[MQTT-1.5.3-2] {0} contains U+0000")]
+    Nul(&'static str),
     #[error("[MQTT-3.3.1-4] PUBLISH with QoS 3")]
     PublishQos3,
     #[error("[MQTT-3.3.1-2] DUP flag set on a QoS 0 PUBLISH")]
@@ -62,7 +66,7 @@ pub enum ProtocolError {
     SubscribeOptions(u8),
     #[error("[MQTT-3.10.3-2] UNSUBSCRIBE without a topic filter")]
     EmptyUnsubscribe,
-    #[error("malformed {packet}: {detail}")]
+    #[error("[MQTT-4.8.0-1] malformed {packet}: {detail}")]
     Malformed {
         packet: &'static str,
         detail: &'static str,
@@ -222,8 +226,9 @@ pub fn decode(buf: &mut BytesMut, max_remaining: usize) -> Result<Option<Packet>
         }
         10 => {
             expect_flags("UNSUBSCRIBE", 0b0010)?;
-            let frame = buf.split_to(frame_len).freeze();
-            decode_unsubscribe(frame, header).map(Some)
+            let mut body = buf.split_to(frame_len).freeze();
+            body.advance(header_len);
+            decode_unsubscribe(body).map(Some)
         }
         12 | 14 => {
             let name = if packet_type == 12 {
@@ -302,7 +307,12 @@ fn read_string(
     what: &'static str,
 ) -> Result<String, ProtocolError> {
     let raw = read_binary(b, packet)?;
-    String::from_utf8(raw.to_vec()).map_err(|_| ProtocolError::Utf8(what))
+    let text = String::from_utf8(raw.to_vec()).map_err(|_| ProtocolError::Utf8(what))?;
+    // [MQTT-1.5.3-2] U+0000 makes any UTF-8 string field malformed: close the connection.
+    if text.contains('\0') {
+        return Err(ProtocolError::Nul(what));
+    }
+    Ok(text)
 }
 
 fn decode_connect(mut b: Bytes, header_len: usize) -> Result<Connect, ProtocolError> {
@@ -355,9 +365,6 @@ fn decode_connect(mut b: Bytes, header_len: usize) -> Result<Connect, ProtocolEr
         return Err(ProtocolError::PasswordWithoutUsername);
     }
     let client_id = read_string(&mut b, P, "client identifier")?;
-    if client_id.contains('\0') {
-        return Err(ProtocolError::ClientIdNul);
-    }
     let will = if will_flag {
         let topic = read_binary(&mut b, P)?;
         if std::str::from_utf8(&topic).is_err() {
@@ -459,28 +466,20 @@ fn decode_subscribe(mut b: Bytes) -> Result<Packet, ProtocolError> {
     Ok(Packet::Subscribe { pkid, filters })
 }
 
-fn decode_unsubscribe(
-    frame: Bytes,
-    header: mqttbytes::FixedHeader,
-) -> Result<Packet, ProtocolError> {
+fn decode_unsubscribe(mut b: Bytes) -> Result<Packet, ProtocolError> {
     const P: &str = "UNSUBSCRIBE";
-    let u = mqttbytes::v4::Unsubscribe::read(header, frame).map_err(|e| match e {
-        mqttbytes::Error::TopicNotUtf8 => ProtocolError::Utf8("topic filter"),
-        _ => ProtocolError::Malformed {
-            packet: P,
-            detail: "bad length or truncated",
-        },
-    })?;
-    if u.pkid == 0 {
+    let pkid = read_u16(&mut b, P)?;
+    if pkid == 0 {
         return Err(ProtocolError::PacketIdZero(P));
     }
-    if u.topics.is_empty() {
+    let mut filters = Vec::new();
+    while !b.is_empty() {
+        filters.push(read_string(&mut b, P, "topic filter")?);
+    }
+    if filters.is_empty() {
         return Err(ProtocolError::EmptyUnsubscribe);
     }
-    Ok(Packet::Unsubscribe {
-        pkid: u.pkid,
-        filters: u.topics,
-    })
+    Ok(Packet::Unsubscribe { pkid, filters })
 }
 
 // ---- encoding (server to client) ----
@@ -724,5 +723,123 @@ mod tests {
         long[1] = 14;
         long.push(0);
         assert!(matches!(dec(&long), Err(ProtocolError::Malformed { .. })));
+    }
+
+    /// [MQTT-1.5.3-2] U+0000 in any UTF-8 string field is malformed: decoding fails (the
+    /// connection closes), for every field that carries one.
+    #[test]
+    fn nul_in_every_string_field_is_malformed() {
+        fn s(text: &[u8]) -> Vec<u8> {
+            let mut v = (text.len() as u16).to_be_bytes().to_vec();
+            v.extend_from_slice(text);
+            v
+        }
+        fn frame(first: u8, body: Vec<u8>) -> Vec<u8> {
+            let mut v = vec![first, body.len() as u8];
+            v.extend(body);
+            v
+        }
+        let connect = |flags: u8, payload: Vec<u8>| {
+            let mut body = s(b"MQTT");
+            body.extend([4, flags, 0, 60]);
+            body.extend(payload);
+            frame(0x10, body)
+        };
+        // Client identifier.
+        assert_eq!(
+            dec(&connect(0x02, s(b"a\0b"))),
+            Err(ProtocolError::Nul("client identifier"))
+        );
+        // Will topic.
+        let mut will = s(b"id");
+        will.extend(s(b"w\0t"));
+        will.extend(s(b"payload"));
+        assert_eq!(
+            dec(&connect(0x06, will)),
+            Err(ProtocolError::WillTopic(TopicError::Nul))
+        );
+        // User name.
+        let mut user = s(b"id");
+        user.extend(s(b"u\0"));
+        assert_eq!(
+            dec(&connect(0x82, user)),
+            Err(ProtocolError::Nul("user name"))
+        );
+        // Topic name.
+        let mut publish = s(b"t\0");
+        publish.extend(b"x");
+        assert_eq!(
+            dec(&frame(0x30, publish)),
+            Err(ProtocolError::TopicName(TopicError::Nul))
+        );
+        // SUBSCRIBE filter (was answered with SUBACK 0x80 before: issue 11, item 4).
+        let mut sub = vec![0, 1];
+        sub.extend(s(b"a/\0"));
+        sub.push(1);
+        assert_eq!(
+            dec(&frame(0x82, sub)),
+            Err(ProtocolError::Nul("topic filter"))
+        );
+        // UNSUBSCRIBE filter.
+        let mut unsub = vec![0, 1];
+        unsub.extend(s(b"\0"));
+        assert_eq!(
+            dec(&frame(0xA2, unsub)),
+            Err(ProtocolError::Nul("topic filter"))
+        );
+        // The same fields without U+0000 decode.
+        assert!(matches!(
+            dec(&connect(0x02, s(b"ab"))),
+            Ok(Some(Packet::Connect(_)))
+        ));
+        let mut unsub = vec![0, 1];
+        unsub.extend(s(b"a/#"));
+        assert_eq!(
+            dec(&frame(0xA2, unsub)),
+            Ok(Some(Packet::Unsubscribe {
+                pkid: 1,
+                filters: vec!["a/#".into()]
+            }))
+        );
+    }
+
+    /// Every error names the clause (or section) it enforces.
+    #[test]
+    fn every_error_names_a_clause() {
+        let all = [
+            ProtocolError::MalformedRemainingLength,
+            ProtocolError::TooLarge { size: 2, limit: 1 },
+            ProtocolError::ReservedPacketType(0),
+            ProtocolError::BadFlags {
+                packet: "X",
+                flags: 1,
+            },
+            ProtocolError::NotConnect("X"),
+            ProtocolError::SecondConnect,
+            ProtocolError::FirstByte(0),
+            ProtocolError::ServerPacket("X"),
+            ProtocolError::ProtocolName,
+            ProtocolError::ConnectReserved,
+            ProtocolError::WillFlags,
+            ProtocolError::WillQos,
+            ProtocolError::PasswordWithoutUsername,
+            ProtocolError::WillTopic(TopicError::Empty),
+            ProtocolError::Utf8("x"),
+            ProtocolError::Nul("x"),
+            ProtocolError::PublishQos3,
+            ProtocolError::DupOnQos0,
+            ProtocolError::TopicName(TopicError::TooLong),
+            ProtocolError::PacketIdZero("X"),
+            ProtocolError::EmptySubscribe,
+            ProtocolError::SubscribeOptions(3),
+            ProtocolError::EmptyUnsubscribe,
+            ProtocolError::Malformed {
+                packet: "X",
+                detail: "y",
+            },
+        ];
+        for e in all {
+            assert!(e.to_string().contains("[MQTT-"), "{e}");
+        }
     }
 }

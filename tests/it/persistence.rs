@@ -184,12 +184,12 @@ impl ChildBroker {
         let mut child = Command::new(env!("CARGO_BIN_EXE_roostd"))
             .arg("--config")
             .arg(config)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start roostd");
-        // Ready when it logs its listen socket (no sleeping).
-        let out = child.stdout.take().expect("stdout");
+        // Ready when it logs its listen socket (no sleeping); logs go to stderr.
+        let out = child.stderr.take().expect("stderr");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut tx = Some(tx);

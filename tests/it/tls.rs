@@ -691,6 +691,7 @@ async fn written_bytes_a_buffering_stream_holds_are_flushed() {
     tokio::spawn(roostd::connection::serve(
         stream,
         peer,
+        roostd::connection::next_conn_id(),
         ctx,
         roostd::connection::CertUser::NotUsed,
         None,
