@@ -75,6 +75,9 @@ pub struct RetainedStore {
     count: usize,
     /// Topic + payload bytes retained.
     bytes: usize,
+    /// Of those, the `$SYS/` messages (not held against the limits).
+    sys_count: usize,
+    sys_bytes: usize,
     limits: RetainedLimits,
 }
 
@@ -201,13 +204,24 @@ impl RetainedStore {
             if let Some(old) = self.remove(&msg.topic) {
                 self.count -= 1;
                 self.bytes -= old.size();
+                if old.topic.starts_with(b"$SYS/") {
+                    self.sys_count -= 1;
+                    self.sys_bytes -= old.size();
+                }
             }
             return SetOutcome::Deleted;
         }
         let old_size = self.get(&msg.topic).map(|m| m.size());
         let bytes = self.bytes - old_size.unwrap_or(0) + msg.size();
         let count = self.count + old_size.is_none() as usize;
-        if bytes > self.limits.max_bytes || count > self.limits.max_messages {
+        // `$SYS/` values are the broker's own (a fixed set): not held against the limits.
+        let sys = msg.topic.starts_with(b"$SYS/");
+        if sys {
+            self.sys_bytes = self.sys_bytes - old_size.unwrap_or(0) + msg.size();
+            self.sys_count += old_size.is_none() as usize;
+        } else if bytes - self.sys_bytes > self.limits.max_bytes
+            || count - self.sys_count > self.limits.max_messages
+        {
             return SetOutcome::Refused;
         }
         let mut node = &mut self.root;
