@@ -49,7 +49,7 @@ fn main() {
             let auth = std::sync::Arc::new(roostd::auth::live::AuthState::load(None, None).unwrap());
             let router = std::sync::Arc::new(roostd::router::Router::new(config.session_limits(), roostd::metrics::Metrics::disabled(), auth, None));
             let ctx = roostd::connection::Context { router, config, shutdown: tokio_util::sync::CancellationToken::new() };
-            let fut = roostd::connection::serve(st, "127.0.0.1:1".parse().unwrap(), ctx, roostd::connection::CertUser::NotUsed, None);
+            let fut = roostd::connection::serve(st, "127.0.0.1:1".parse().unwrap(), 1, ctx, roostd::connection::CertUser::NotUsed, None);
             println!("serve future: {} bytes; Session: {} bytes; SessionState: {} bytes", std::mem::size_of_val(&fut), std::mem::size_of::<roostd::session::Session>(), std::mem::size_of::<roostd::session::SessionState>());
         }
                 {

@@ -171,6 +171,10 @@ impl<V> Node<V> {
     }
 }
 
+/// One pending step of a match: a node, the rest of the topic below it (None: the topic
+/// ended above), and whether its wildcards are skipped (a `$` topic's first level).
+type MatchStep<'a, V> = (&'a Node<V>, Option<&'a [u8]>, bool);
+
 /// Topic-filter trie mapping filters to subscriber entries.
 #[derive(Debug)]
 pub struct Trie<V> {
@@ -321,8 +325,7 @@ impl<V: Clone> Trie<V> {
     pub fn matches(&self, topic: &[u8], out: &mut Vec<Entry<V>>) {
         // [MQTT-4.7.2-1] wildcards at the first level do not match '$' topics.
         let dollar = topic.first() == Some(&b'$');
-        let mut stack: Vec<(&Node<V>, Option<&[u8]>, bool)> =
-            vec![(&self.root, Some(topic), dollar)];
+        let mut stack: Vec<MatchStep<'_, V>> = vec![(&self.root, Some(topic), dollar)];
         while let Some((node, rest, skip_wildcards)) = stack.pop() {
             let wild = if skip_wildcards {
                 None

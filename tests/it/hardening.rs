@@ -399,7 +399,7 @@ async fn retained_messages_are_bounded() {
     let mut s = Raw::client(b.addr, "ret-sub").await;
     s.send(&subscribe(1, &[("r/#", 0)])).await;
     s.expect_kind(SUBACK).await;
-    let mut got = vec![s.recv_publish().await, s.recv_publish().await];
+    let mut got = [s.recv_publish().await, s.recv_publish().await];
     got.sort_by(|a, b| a.topic.cmp(&b.topic));
     assert_eq!(got[0].topic, "r/a");
     assert_eq!(
