@@ -122,7 +122,8 @@ if [[ $BUILD == 1 ]]; then
     cargo build --release --bin roostd
     cargo bench --bench loadgen --no-run
 fi
-ROOSTD="$ROOT/target/release/roostd"
+# ROOSTD_BIN: another roostd binary (e.g. an older build, for before/after runs).
+ROOSTD="${ROOSTD_BIN:-$ROOT/target/release/roostd}"
 LOADGEN=$(ls -t "$ROOT"/target/release/deps/loadgen-* 2>/dev/null | grep -v '\.d$' | head -n1 || true)
 [[ -x $ROOSTD ]] || { log "no $ROOSTD: build it first"; exit 2; }
 [[ -n $LOADGEN && -x $LOADGEN ]] || { log "no load generator binary: cargo bench --bench loadgen --no-run"; exit 2; }

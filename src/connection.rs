@@ -151,36 +151,40 @@ where
     let handshake = Box::pin(handshake(stream, peer, conn_id, ctx, cert_user, permit));
     async move {
         // A panic is caught at the task boundary: logged, counted, and only this connection
-        // ends (the steady state catches its own, in `run`, so the session is detached).
-        let mut conn = match guarded(handshake).await {
+        // ends (the steady state catches its own, in `run`, so the session is detached and
+        // the log names the client). Nothing more is kept here for it than the router: this
+        // future is memory of every connection.
+        let mut conn = match Guarded(handshake).await {
             Ok(Some(conn)) => conn,
             Ok(None) => return,
             Err(panic) => {
                 router.metrics().stats.panics.fetch_add(1, Relaxed);
-                tracing::error!("Connection from {peer} panicked in its handshake: {panic}");
+                tracing::error!("A connection's CONNECT handshake panicked: {panic}");
                 return;
             }
         };
         let reason = conn.run().await;
-        let client_id = conn.session.client_id.clone();
-        if let Err(panic) = guarded(Box::pin(conn.close(reason))).await {
+        if let Err(panic) = Guarded(Box::pin(conn.close(reason))).await {
             router.metrics().stats.panics.fetch_add(1, Relaxed);
-            tracing::error!("Connection of client {client_id} panicked while closing: {panic}");
+            tracing::error!("A connection panicked while closing: {panic}");
         }
     }
 }
 
-/// Polls `fut`, turning a panic into an error with its message.
-async fn guarded<F: Future + Unpin>(mut fut: F) -> Result<F::Output, String> {
-    std::future::poll_fn(|cx| {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Pin::new(&mut fut).poll(cx)))
-        {
+/// Polls the future, turning a panic into an error with its message.
+struct Guarded<F>(F);
+
+impl<F: Future + Unpin> Future for Guarded<F> {
+    type Output = Result<F::Output, String>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let fut = &mut self.0;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Pin::new(fut).poll(cx))) {
             Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
             Ok(Poll::Pending) => Poll::Pending,
             Err(payload) => Poll::Ready(Err(panic_message(payload.as_ref()))),
         }
-    })
-    .await
+    }
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -362,7 +366,6 @@ where
         recheck: None,
         storage_paused: false,
         flush_pending: false,
-        loading: None,
         _permit: permit,
     };
     // A persistent session back after a restart: its messages come from disk first.
@@ -573,11 +576,15 @@ impl Transport for tokio_rustls::server::TlsStream<TcpStream> {}
 /// With fsync = always: acknowledgements held until the store has committed everything issued
 /// before them (the ticket), in the order they were produced [MQTT-4.6.0-2]. Boxed in the
 /// connection, and only once an acknowledgement is held.
+/// Also holds a chunk load of the session's stored queue (after a restart): both are rare,
+/// and one box keeps them out of every connection.
 #[derive(Default)]
 struct HeldAcks {
     deferred: VecDeque<(u64, BytesMut)>,
     /// Waits for the store's next commit (the recheck timer covers a missed one).
     commit: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// A chunk of the session's stored queue being read from disk.
+    loading: Option<tokio::task::JoinHandle<Result<LoadedChunk, StorageError>>>,
 }
 
 /// An accepted connection: everything a connected client keeps for its whole life, so every
@@ -611,8 +618,6 @@ struct Connection<S> {
     storage_paused: bool,
     /// Bytes were written since the last completed flush (TLS may hold some back).
     flush_pending: bool,
-    /// A chunk of the session's stored queue being read from disk (after a restart).
-    loading: Option<tokio::task::JoinHandle<Result<LoadedChunk, StorageError>>>,
     /// The max_connections slot, released when the connection ends.
     _permit: Option<OwnedSemaphorePermit>,
 }
@@ -1006,7 +1011,8 @@ impl<S: Transport> Connection<S> {
                 return;
             }
             st.set_waker(waker);
-            let load = if self.loading.is_none() {
+            let loading = self.held.as_ref().is_some_and(|h| h.loading.is_some());
+            let load = if !loading {
                 st.load_request(self.conn_id)
             } else {
                 None
@@ -1024,7 +1030,25 @@ impl<S: Transport> Connection<S> {
             }
             drop(st);
             waiters.into_iter().for_each(Waker::wake);
+            // A stored QoS 1/2 message taken now had its "sent" mark issued to the store
+            // (for DUP after a restart). With fsync = always it is written only once that
+            // mark is on disk, like an acknowledgement: a crash in between must not lead
+            // to a re-send without DUP [MQTT-3.3.1-1].
+            let hold = pending.iter().any(|o| {
+                matches!(o, Outgoing::Publish { item, .. } if item.seq != 0 && item.qos != QoS::AtMostOnce)
+            });
+            let from = self.out.len();
             self.encode(pending);
+            if hold {
+                if let Some(store) = self.router.store().filter(|s| s.acks_wait()) {
+                    let held = self.out.split_off(from);
+                    let ticket = store.issued();
+                    self.held
+                        .get_or_insert_with(Box::default)
+                        .deferred
+                        .push_back((ticket, held));
+                }
+            }
             if let Some(request) = load {
                 self.start_load(request);
             }
@@ -1037,24 +1061,27 @@ impl<S: Transport> Connection<S> {
             return;
         };
         let client = self.session.client_id.to_string();
-        self.loading = Some(tokio::task::spawn_blocking(move || {
-            // What was queued for it before this point must be readable.
-            store.flush_blocking();
-            store.load_messages(&client, request.after, LOAD_MESSAGES, LOAD_BYTES)
-        }));
+        self.held.get_or_insert_with(Box::default).loading =
+            Some(tokio::task::spawn_blocking(move || {
+                // What was queued for it before this point must be readable.
+                store.flush_blocking();
+                store.load_messages(&client, request.after, LOAD_MESSAGES, LOAD_BYTES)
+            }));
     }
 
     /// Takes a finished chunk load into the session (if this connection still owns it; a
     /// load of a connection that was taken over is dropped and the new one loads again).
     /// True if one finished.
     fn poll_load(&mut self, cx: &mut TaskContext<'_>) -> bool {
-        let Some(handle) = &mut self.loading else {
+        let Some(handle) = self.held.as_mut().and_then(|h| h.loading.as_mut()) else {
             return false;
         };
         let Poll::Ready(result) = Pin::new(handle).poll(cx) else {
             return false;
         };
-        self.loading = None;
+        if let Some(h) = &mut self.held {
+            h.loading = None;
+        }
         let chunk = match result {
             Ok(Ok(chunk)) => chunk,
             Ok(Err(e)) => {

@@ -124,27 +124,13 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     let result = runtime.block_on(async move {
+        // Signal handlers before the listeners: a SIGTERM right after "listen socket" is
+        // logged must shut down cleanly, not kill the process by the default action.
+        let signals = Signals::register();
         let broker = Broker::bind_with_default_port(config, cli.port).await?;
         let shutdown = broker.shutdown_token();
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            info!("Signal received, shutting down.");
-            shutdown.cancel();
-        });
-        #[cfg(unix)]
-        {
-            let reload = broker.reload_handle();
-            if let Ok(mut hup) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            {
-                tokio::spawn(async move {
-                    while hup.recv().await.is_some() {
-                        info!("SIGHUP received: reloading certificates.");
-                        reload.notify_waiters();
-                    }
-                });
-            }
-        }
+        let reload = broker.reload_handle();
+        signals.spawn(shutdown, reload);
         broker.run().await?;
         info!("roostd stopped.");
         Ok::<(), anyhow::Error>(())
@@ -154,24 +140,72 @@ fn main() -> anyhow::Result<()> {
     result
 }
 
-async fn wait_for_signal() {
+/// SIGTERM, SIGINT (shutdown) and SIGHUP (reload), registered at once so none is missed.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn register() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Signals {
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
+                hup: signal(SignalKind::hangup()).ok(),
             }
         }
+        #[cfg(not(unix))]
+        Signals {}
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    fn spawn(
+        self,
+        shutdown: tokio_util::sync::CancellationToken,
+        reload: std::sync::Arc<tokio::sync::Notify>,
+    ) {
+        #[cfg(unix)]
+        {
+            let Signals { term, int, hup } = self;
+            tokio::spawn(async move {
+                let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+                    match s {
+                        Some(mut s) => {
+                            s.recv().await;
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                };
+                tokio::select! {
+                    _ = wait(term) => {}
+                    _ = wait(int) => {}
+                }
+                info!("Signal received, shutting down.");
+                shutdown.cancel();
+            });
+            if let Some(mut hup) = hup {
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        info!("SIGHUP received: reloading certificates.");
+                        reload.notify_waiters();
+                    }
+                });
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = reload;
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                info!("Signal received, shutting down.");
+                shutdown.cancel();
+            });
+        }
     }
 }

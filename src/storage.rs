@@ -339,8 +339,12 @@ impl Store {
         // redb caches the pages it reads; a bound keeps a restart with millions of stored
         // messages (whose keys are scanned to count them) from growing the broker's memory.
         builder.set_cache_size(STORE_CACHE_BYTES);
-        builder.set_repair_callback(|_| {
-            warn!("The database was not closed cleanly (crash or power loss): repairing it.");
+        // redb calls this with its progress, several times per repair: say it once.
+        let told = AtomicBool::new(false);
+        builder.set_repair_callback(move |_| {
+            if !told.swap(true, Relaxed) {
+                warn!("The database was not closed cleanly (crash or power loss): repairing it.");
+            }
         });
         let db = builder.create(&path).map_err(|e| StorageError::Open {
             path: path.clone(),
