@@ -24,8 +24,10 @@ pub enum ConfigError {
         path: String,
         source: std::io::Error,
     },
-    #[error("config: {0}")]
-    Parse(#[from] toml::de::Error),
+    /// The TOML could not be read into a config: the message names the line, the key, the
+    /// value and what is allowed (see `describe_toml_error`).
+    #[error("{0}")]
+    Parse(String),
     #[error("config key `{key}`: {reason}")]
     Invalid { key: String, reason: String },
 }
@@ -192,7 +194,8 @@ pub struct Config {
     pub metrics_enabled: bool,
     /// Address of the metrics endpoint. Default "127.0.0.1": scrapes from this host only.
     pub metrics_bind_address: String,
-    /// Port of the metrics endpoint. Default 9234 (the port Mosquitto exporters use).
+    /// Port of the metrics endpoint. Default 9234 (the port Mosquitto exporters use); 0 picks
+    /// a free port (tests). `--metrics-port 0` on the command line turns the endpoint off.
     pub metrics_port: u16,
     /// Seconds between `$SYS` updates; 0 turns them off. Default 10 (Mosquitto's).
     pub sys_interval: u64,
@@ -278,6 +281,86 @@ const MQTT_MAX_LEVELS: usize = 65_536;
 /// The MQTT maximum remaining length.
 const MQTT_MAX_REMAINING: usize = 268_435_455;
 
+/// A TOML or value error as a user reads it: the line, the key and value written there, and
+/// what is allowed, in words instead of serde's (`invalid value: integer 70000, expected u16`
+/// becomes "`max_inflight_messages = 70000`: must be a whole number from 0 to 65535"). A file
+/// that looks like a mosquitto.conf gets a hint that roostd's config is TOML.
+pub fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let raw = e.message().trim();
+    let line_no = e
+        .span()
+        .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+    let line = line_no
+        .and_then(|n| text.lines().nth(n - 1))
+        .map(str::trim)
+        .unwrap_or("");
+    let mut msg = match line_no {
+        Some(n) => format!("line {n}: "),
+        None => String::new(),
+    };
+    let allowed = friendly_expectation(raw);
+    match (line.split_once('='), allowed) {
+        (Some((key, value)), Some(allowed)) => {
+            msg.push_str(&format!("`{} = {}`: {allowed}", key.trim(), value.trim()));
+        }
+        (_, _) if raw.starts_with("unknown field") => {
+            // "unknown field `x`, expected one of ..."
+            let key = raw.split('`').nth(1).unwrap_or(raw);
+            msg.push_str(&format!(
+                "unknown key `{key}` (roostd.example.toml lists every option)"
+            ));
+        }
+        (_, Some(allowed)) => msg.push_str(&allowed),
+        (None, None) if looks_like_mosquitto_conf(text) => {
+            msg.push_str(&format!("`{line}` is not TOML"));
+        }
+        _ => msg.push_str(raw),
+    }
+    if looks_like_mosquitto_conf(text) {
+        msg.push_str(". This file looks like a mosquitto.conf: roostd's config is TOML (`key = value`, see roostd.example.toml); `roostd import-mosquitto-conf FILE` converts one");
+    }
+    msg
+}
+
+/// serde's "expected ..." in words, with the allowed range or values.
+fn friendly_expectation(raw: &str) -> Option<String> {
+    let expected = raw.rsplit_once("expected ").map(|(_, e)| e.trim())?;
+    let range = |max: &str| format!("must be a whole number from 0 to {max}");
+    Some(match expected {
+        "u8" => range("255"),
+        "u16" => range("65535"),
+        "u32" => range("4294967295"),
+        "u64" | "usize" => range("18446744073709551615"),
+        "a boolean" => "must be true or false".to_string(),
+        "a string" => "must be a string in double quotes".to_string(),
+        e if raw.starts_with("unknown variant") => {
+            let values: Vec<&str> = e.split('`').skip(1).step_by(2).collect();
+            if values.is_empty() {
+                return None;
+            }
+            if raw.starts_with("unknown field") {
+                return None;
+            }
+            format!("must be one of {}", values.join(", "))
+        }
+        _ => return None,
+    })
+}
+
+/// A mosquitto.conf has `key value` lines without `=`.
+fn looks_like_mosquitto_conf(text: &str) -> bool {
+    text.lines().map(str::trim).any(|l| {
+        !l.is_empty()
+            && !l.starts_with('#')
+            && !l.starts_with('[')
+            && !l.contains('=')
+            && l.split_whitespace().count() >= 2
+            && l.split_whitespace()
+                .next()
+                .is_some_and(|w| w.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+    })
+}
+
 /// Parses Mosquitto's expiration syntax: `<n><unit>` with s, h, d, w, m (30 days), y (365 days),
 /// or "never".
 pub fn parse_expiration(s: &str) -> Result<Option<Duration>, String> {
@@ -308,7 +391,8 @@ pub fn parse_expiration(s: &str) -> Result<Option<Duration>, String> {
 impl Config {
     /// Parses and validates TOML text.
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text)?;
+        let config: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(describe_toml_error(text, &e)))?;
         config.validate()?;
         Ok(config)
     }

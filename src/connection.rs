@@ -91,6 +91,15 @@ fn topic_levels(topic: &[u8]) -> usize {
     topic.iter().filter(|&&b| b == b'/').count() + 1
 }
 
+/// A client id for a log line: an empty one (allowed with clean session 1) said so.
+fn shown_id(id: &str) -> std::borrow::Cow<'_, str> {
+    if id.is_empty() {
+        "(empty client id)".into()
+    } else {
+        shown(id)
+    }
+}
+
 /// A topic or filter for a log line: long ones shortened (a filter can be 64 KiB).
 fn shown(topic: &str) -> std::borrow::Cow<'_, str> {
     const SHOWN: usize = 80;
@@ -288,7 +297,8 @@ where
         let _ = stream.shutdown().await;
         info!(
             "Client {} from {peer} refused: {}",
-            connect.client_id, refusal.reason
+            shown_id(&connect.client_id),
+            refusal.reason
         );
         return None;
     }
@@ -298,7 +308,8 @@ where
             stats.protocol_errors.fetch_add(1, Relaxed);
             warn!(
                 "Client {} from {peer} refused: will topic has {levels} levels, over max_topic_levels ({}).",
-                connect.client_id, ctx.config.max_topic_levels
+                shown_id(&connect.client_id),
+                ctx.config.max_topic_levels
             );
             return None;
         }
@@ -1140,6 +1151,15 @@ impl<S: Transport> Connection<S> {
         for o in pending.drain(..) {
             match o {
                 Outgoing::Publish { item, pkid, dup } => {
+                    debug!(
+                        "Sending PUBLISH to {} (d{}, q{}, r{}, m{pkid}, '{}', ... ({} bytes))",
+                        self.session.client_id,
+                        (dup && item.qos != QoS::AtMostOnce) as u8,
+                        item.qos as u8,
+                        item.retain as u8,
+                        shown(&item.msg.topic_lossy()),
+                        item.msg.payload.len()
+                    );
                     codec::encode_publish(
                         &mut self.out,
                         &item.msg,
@@ -1150,7 +1170,10 @@ impl<S: Transport> Connection<S> {
                     );
                     sent[item.qos as usize] += 1;
                 }
-                Outgoing::PubRel(pkid) => codec::encode_ack(&mut self.out, Ack::PubRel, pkid),
+                Outgoing::PubRel(pkid) => {
+                    codec::encode_ack(&mut self.out, Ack::PubRel, pkid);
+                    debug!("Sending PUBREL to {} (m{pkid})", self.session.client_id);
+                }
             }
         }
         for (q, n) in sent.iter().enumerate() {
@@ -1161,7 +1184,60 @@ impl<S: Transport> Connection<S> {
         shrink_scratch(pending);
     }
 
+    /// Queues an acknowledgement (and logs it at debug level, as mosquitto -v does).
+    fn ack(&mut self, kind: Ack, pkid: u16) {
+        codec::encode_ack(&mut self.out, kind, pkid);
+        debug!(
+            "Sending {} to {} (m{pkid}, rc0)",
+            kind.name(),
+            self.session.client_id
+        );
+    }
+
+    /// At debug level, each received packet as mosquitto -v logs it. Costs one level check
+    /// when debug is off.
+    fn log_received(&self, packet: &Packet) {
+        if !tracing::enabled!(tracing::Level::DEBUG) {
+            return;
+        }
+        let id = &self.session.client_id;
+        match packet {
+            Packet::Publish {
+                pkid,
+                dup,
+                publication: m,
+            } => debug!(
+                "Received PUBLISH from {id} (d{}, q{}, r{}, m{pkid}, '{}', ... ({} bytes))",
+                *dup as u8,
+                m.qos as u8,
+                m.retain as u8,
+                shown(&m.topic_lossy()),
+                m.payload.len()
+            ),
+            Packet::PubAck(m) => debug!("Received PUBACK from {id} (Mid: {m}, RC:0)"),
+            Packet::PubRec(m) => debug!("Received PUBREC from {id} (Mid: {m})"),
+            Packet::PubRel(m) => debug!("Received PUBREL from {id} (Mid: {m})"),
+            Packet::PubComp(m) => debug!("Received PUBCOMP from {id} (Mid: {m}, RC:0)"),
+            Packet::Subscribe { filters, .. } => {
+                debug!("Received SUBSCRIBE from {id}");
+                for (f, q) in filters {
+                    debug!("{id} {} {}", *q as u8, shown(f));
+                }
+            }
+            Packet::Unsubscribe { filters, .. } => {
+                debug!("Received UNSUBSCRIBE from {id}");
+                for f in filters {
+                    debug!("{id} {}", shown(f));
+                }
+            }
+            Packet::PingReq => debug!("Received PINGREQ from {id}"),
+            Packet::Disconnect => debug!("Received DISCONNECT from {id}"),
+            Packet::Connect(_) => debug!("Received CONNECT from {id}"),
+        }
+    }
+
     fn handle(&mut self, packet: Packet) -> Result<(), CloseReason> {
+        self.log_received(&packet);
         match packet {
             Packet::Connect(_) => return Err(ProtocolError::SecondConnect.into()),
             Packet::Publish {
@@ -1179,7 +1255,7 @@ impl<S: Transport> Connection<S> {
             }
             Packet::PubRec(pkid) => {
                 if self.session.state.lock().pubrec(pkid) {
-                    codec::encode_ack(&mut self.out, Ack::PubRel, pkid);
+                    self.ack(Ack::PubRel, pkid);
                 } else {
                     debug!(
                         "Client {} sent PUBREC for unknown packet id {pkid}",
@@ -1190,7 +1266,7 @@ impl<S: Transport> Connection<S> {
             Packet::PubRel(pkid) => {
                 self.session.state.lock().remove_incoming(pkid);
                 // [MQTT-4.3.3-2] PUBCOMP even for an id already released.
-                codec::encode_ack(&mut self.out, Ack::PubComp, pkid);
+                self.ack(Ack::PubComp, pkid);
             }
             Packet::PubComp(pkid) => {
                 if !self.session.state.lock().pubcomp(pkid) {
@@ -1209,10 +1285,13 @@ impl<S: Transport> Connection<S> {
                     self.router.unsubscribe(&self.session, f);
                 }
                 // [MQTT-3.10.4-4]/[MQTT-3.10.4-5] UNSUBACK even when nothing was subscribed.
-                codec::encode_ack(&mut self.out, Ack::UnsubAck, pkid);
+                self.ack(Ack::UnsubAck, pkid);
                 self.check_storage_backlog();
             }
-            Packet::PingReq => codec::encode_pingresp(&mut self.out),
+            Packet::PingReq => {
+                codec::encode_pingresp(&mut self.out);
+                debug!("Sending PINGRESP to {}", self.session.client_id);
+            }
             Packet::Disconnect => {
                 // [MQTT-3.14.4-3] the will is discarded.
                 self.will = None;
@@ -1306,7 +1385,7 @@ impl<S: Transport> Connection<S> {
                 if allowed {
                     self.route(publication)?;
                 }
-                codec::encode_ack(&mut self.out, Ack::PubAck, pkid);
+                self.ack(Ack::PubAck, pkid);
             }
             QoS::ExactlyOnce => {
                 // A re-sent PUBLISH whose id awaits PUBREL was already routed: ack only.
@@ -1317,7 +1396,7 @@ impl<S: Transport> Connection<S> {
                     }
                     self.session.state.lock().add_incoming(pkid);
                 }
-                codec::encode_ack(&mut self.out, Ack::PubRec, pkid);
+                self.ack(Ack::PubRec, pkid);
             }
         }
         Ok(())
@@ -1368,6 +1447,7 @@ impl<S: Transport> Connection<S> {
             }
         }
         codec::encode_suback(&mut self.out, pkid, &codes);
+        debug!("Sending SUBACK to {}", self.session.client_id);
         if !self.config.retain_available || accepted.is_empty() {
             return;
         }

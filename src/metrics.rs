@@ -140,7 +140,8 @@ struct Handles {
     log_write_errors: Counter,
     uptime: Gauge,
     resident_memory: Gauge,
-    cpu_seconds: Counter,
+    /// A gauge: the counter type holds whole numbers only, and CPU seconds need fractions.
+    cpu_seconds: Gauge,
     open_fds: Gauge,
 }
 
@@ -229,7 +230,7 @@ impl Metrics {
                 log_write_errors: counter!("roostd_log_write_errors_total"),
                 uptime: gauge!("roostd_uptime_seconds"),
                 resident_memory: gauge!("process_resident_memory_bytes"),
-                cpu_seconds: counter!("process_cpu_seconds_total"),
+                cpu_seconds: gauge!("process_cpu_seconds_total"),
                 open_fds: gauge!("process_open_fds"),
             };
             (handles, histogram!("roostd_delivery_latency_seconds"))
@@ -318,7 +319,7 @@ impl Metrics {
         h.uptime.set(self.uptime().as_secs_f64());
         let p = process_figures();
         h.resident_memory.set(p.rss_bytes as f64);
-        h.cpu_seconds.absolute(p.cpu_millis / 1000);
+        h.cpu_seconds.set(p.cpu_millis as f64 / 1000.0);
         h.open_fds.set(p.open_fds as f64);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -371,7 +372,15 @@ fn describe() {
     );
     describe_counter!(
         "roostd_messages_dropped_total",
-        "Messages not delivered, by reason (queue_full, qos0_offline, session_expired, too_large, not_authorized)."
+        // From the reasons themselves, so a new one cannot be missing here.
+        format!(
+            "Messages not delivered, by reason: {}.",
+            DropReason::ALL
+                .iter()
+                .map(|r| format!("{} ({})", r.as_str(), r.explain()))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
     );
     describe_counter!(
         "roostd_connections_total",
@@ -449,10 +458,10 @@ fn describe() {
         Unit::Bytes,
         "Resident memory of the broker process."
     );
-    describe_counter!(
+    describe_gauge!(
         "process_cpu_seconds_total",
         Unit::Seconds,
-        "CPU time used by the broker process."
+        "CPU time used by the broker process (user + system), to 10 ms; only ever grows, so rate() applies."
     );
     describe_gauge!(
         "process_open_fds",

@@ -43,7 +43,8 @@ pub struct ClientReport {
     pub queued_bytes: usize,
     pub inflight: usize,
     pub dropped: u64,
-    pub dropped_by_reason: Vec<(&'static str, u64)>,
+    /// Reason -> messages dropped (an object in the JSON report).
+    pub dropped_by_reason: std::collections::BTreeMap<&'static str, u64>,
 }
 
 /// What a trie entry carries: the subscriber and its granted QoS.
@@ -477,17 +478,32 @@ impl Router {
                 seq: 0,
                 dup: false,
             };
-            let result = {
+            let (result, warning) = {
                 let mut st = session.state.lock();
-                match &acl {
+                let result = match &acl {
                     Some((acl, topic))
                         if !acl.check_read(&session.client_id, st.username.as_deref(), topic) =>
                     {
                         Err(DropReason::NotAuthorized)
                     }
                     _ => st.enqueue(item, &self.limits),
-                }
+                };
+                // Drops are logged per client, at most once per interval (a slow client
+                // must not flood the log, nor go unnoticed).
+                let warning = match result {
+                    Err(DropReason::NotAuthorized) | Ok(_) => None,
+                    Err(_) => st.dropped.take_warning(),
+                };
+                (result, warning)
             };
+            if let Some((n, reason)) = warning {
+                tracing::warn!(
+                    "Outgoing messages are being dropped for client {}: {n} message(s) since the last warning, latest because of {} ({}).",
+                    session.client_id,
+                    reason.as_str(),
+                    reason.explain()
+                );
+            }
             match result {
                 Ok(e) => {
                     if let Some(waker) = e.wake {

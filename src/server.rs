@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 
 use crate::auth::live::AuthState;
 use crate::auth::AuthError;
-use crate::config::{Config, ConfigError, IdentitySource, DEFAULT_PORT};
+use crate::config::{Config, ConfigError, IdentitySource, ListenerConfig, DEFAULT_PORT};
 use crate::connection::{self, CertUser, Context};
 use crate::metrics::Metrics;
 use crate::router::Router;
@@ -37,7 +37,7 @@ pub enum BrokerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("binding the metrics endpoint {addr} (metrics_bind_address/metrics_port): {source}")]
+    #[error("binding the metrics endpoint {addr} (metrics_bind_address/metrics_port, or --metrics-port PORT; --metrics-port 0 turns it off): {source}")]
     BindMetrics {
         addr: SocketAddr,
         source: std::io::Error,
@@ -81,25 +81,40 @@ impl Broker {
         default_port: u16,
     ) -> Result<Broker, BrokerError> {
         config.validate()?;
-        let (metrics, metrics_listener) = if config.metrics_enabled {
-            let addr = config.metrics_addr()?;
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| BrokerError::BindMetrics { addr, source })?;
-            info!(
-                "Serving metrics on http://{}/metrics",
-                listener.local_addr().unwrap_or(addr)
-            );
-            (Metrics::with_exporter(), Some(listener))
+        let metrics = if config.metrics_enabled {
+            Metrics::with_exporter()
         } else {
-            (Metrics::disabled(), None)
+            Metrics::disabled()
         };
+        // The MQTT listeners first: a port clash names what the user asked for, not the
+        // metrics port.
         let mut listeners = Vec::new();
-        for l in config.effective_listeners(default_port) {
-            let addr = l.socket_addr()?;
-            let tcp = TcpListener::bind(addr)
-                .await
-                .map_err(|source| BrokerError::Bind { addr, source })?;
+        let mut effective = config.effective_listeners(default_port);
+        let local_only = config.listener.is_empty();
+        if local_only {
+            // As Mosquitto with no listener configured: the IPv6 loopback too, where the
+            // machine has IPv6 (on the port the IPv4 one got, for port 0).
+            effective.push(ListenerConfig::plain("::1", default_port));
+        }
+        for (i, l) in effective.into_iter().enumerate() {
+            let mut addr = l.socket_addr()?;
+            let ipv6_loopback = local_only && i == 1;
+            if ipv6_loopback {
+                if let Some(first) = listeners.first() {
+                    let first: &Listener = first;
+                    if let Ok(v4) = first.tcp.local_addr() {
+                        addr.set_port(v4.port());
+                    }
+                }
+            }
+            let tcp = match TcpListener::bind(addr).await {
+                Ok(tcp) => tcp,
+                Err(e) if ipv6_loopback => {
+                    info!("No IPv6 loopback listener on {addr} ({e}); IPv4 only.");
+                    continue;
+                }
+                Err(source) => return Err(BrokerError::Bind { addr, source }),
+            };
             let local = tcp.local_addr().unwrap_or(addr);
             let tls = match l.tls_files()? {
                 Some(files) => Some(
@@ -126,6 +141,19 @@ impl Broker {
                 identity: l.use_identity_as_username.then_some(l.identity_source),
             });
         }
+        let metrics_listener = if config.metrics_enabled {
+            let addr = config.metrics_addr()?;
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| BrokerError::BindMetrics { addr, source })?;
+            info!(
+                "Serving metrics on http://{}/metrics",
+                listener.local_addr().unwrap_or(addr)
+            );
+            Some(listener)
+        } else {
+            None
+        };
         if !config.anonymous_allowed() && config.password_file.is_none() {
             warn!("allow_anonymous is false and no password_file is configured: only certificate identities (use_identity_as_username) can connect.");
         }
@@ -386,7 +414,23 @@ async fn serve_tls(
                 .stats
                 .tls_handshake_failures
                 .fetch_add(1, Relaxed);
-            warn!("TLS handshake with {peer} on {} failed: {e}", tls.label);
+            let plain = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .is_some_and(|r| {
+                    matches!(
+                        r,
+                        rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)
+                    )
+                });
+            if plain {
+                warn!(
+                    "TLS handshake with {peer} on {} failed: not a TLS handshake (a plain MQTT client on a TLS port?).",
+                    tls.label
+                );
+            } else {
+                warn!("TLS handshake with {peer} on {} failed: {e}", tls.label);
+            }
             return;
         }
         Err(_) => {

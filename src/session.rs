@@ -80,6 +80,20 @@ impl DropReason {
         }
     }
 
+    /// What the reason means, for log lines and the metric's help text.
+    pub fn explain(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "its queue is at max_queued_messages or max_queued_bytes",
+            DropReason::Qos0Offline => {
+                "QoS 0 for an offline session while queue_qos0_messages is false"
+            }
+            DropReason::SessionExpired => "the session expired or was discarded",
+            DropReason::TooLarge => "a PUBLISH over message_size_limit",
+            DropReason::NotAuthorized => "the ACL refused the publish or the delivery",
+            DropReason::StorageError => "storage writes are failing",
+        }
+    }
+
     /// Position in `ALL`.
     pub fn index(self) -> usize {
         self as usize
@@ -456,22 +470,53 @@ impl Extend<u16> for PacketIds {
     }
 }
 
-/// Messages dropped for one client, by reason; allocated on the first drop (most sessions
-/// never drop anything).
+/// Messages dropped for one client, by reason, and when the client's drops were last logged;
+/// allocated on the first drop (most sessions never drop anything).
 #[derive(Debug, Default)]
-pub struct DropCounts(Option<Box<[u64; DropReason::ALL.len()]>>);
+pub struct DropCounts(Option<Box<DropState>>);
+
+#[derive(Debug, Default)]
+struct DropState {
+    counts: [u64; DropReason::ALL.len()],
+    /// When a warning about this client's drops was last logged.
+    warned_at: Option<Instant>,
+    /// Drops since then.
+    unwarned: u64,
+    /// The reason of the latest drop.
+    last: Option<DropReason>,
+}
+
+/// A client's drops are logged at most this often.
+pub const DROP_WARNING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl DropCounts {
     pub fn add(&mut self, reason: DropReason) {
-        self.0.get_or_insert_with(Default::default)[reason.index()] += 1;
+        let d = self.0.get_or_insert_with(Default::default);
+        d.counts[reason.index()] += 1;
+        d.unwarned += 1;
+        d.last = Some(reason);
     }
 
     pub fn get(&self, reason: DropReason) -> u64 {
-        self.0.as_ref().map_or(0, |d| d[reason.index()])
+        self.0.as_ref().map_or(0, |d| d.counts[reason.index()])
     }
 
     pub fn total(&self) -> u64 {
-        self.0.as_ref().map_or(0, |d| d.iter().sum())
+        self.0.as_ref().map_or(0, |d| d.counts.iter().sum())
+    }
+
+    /// If drops happened since the last warning and the interval has passed: how many, and
+    /// the latest reason (the warning is then due, and counted as given).
+    pub fn take_warning(&mut self) -> Option<(u64, DropReason)> {
+        let d = self.0.as_deref_mut()?;
+        let due = d.unwarned > 0
+            && d.warned_at.is_none_or(|t| t.elapsed() >= DROP_WARNING_INTERVAL);
+        if !due {
+            return None;
+        }
+        d.warned_at = Some(Instant::now());
+        let n = std::mem::take(&mut d.unwarned);
+        Some((n, d.last?))
     }
 }
 

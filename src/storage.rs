@@ -61,7 +61,19 @@ pub enum StorageError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("opening the database {path}: {detail}. The file may be corrupt beyond repair or in use by another roostd; move it aside to start empty")]
+    #[error("opening the database {path}: permission denied. roostd runs as {user}; {owner}. Run it as that user, or give the directory to this one (chown), or set persistence_location / --data-dir")]
+    PermissionDenied {
+        path: PathBuf,
+        /// Who runs the broker ("user roostd (uid 998)").
+        user: String,
+        /// Who owns the file or its directory.
+        owner: String,
+    },
+    #[error("the database {path} is in use by another roostd (or another program holds its lock): stop that one, or give this broker a directory of its own (persistence_location / --data-dir)")]
+    InUse { path: PathBuf },
+    #[error("the database {path} is damaged beyond repair ({detail}). Moving it aside starts the broker empty (retained messages and persistent sessions in it are then gone): mv {path} {path}.broken")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("opening the database {path}: {detail}")]
     Open { path: PathBuf, detail: String },
     #[error("reading the database {path}: {detail}")]
     Read { path: PathBuf, detail: String },
@@ -234,6 +246,93 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// What went wrong opening the database, in the words the operator needs: a permission
+/// problem and a lock held by another broker are not corruption, and moving the file aside
+/// (which throws its data away) is only advised for real damage.
+fn open_error(path: &Path, e: redb::DatabaseError) -> StorageError {
+    let path = path.to_path_buf();
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen | redb::DatabaseError::LockProtocolMismatch => {
+            StorageError::InUse { path }
+        }
+        redb::DatabaseError::Storage(redb::StorageError::Io(io))
+            if io.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            let owner = owner_of(&path);
+            StorageError::PermissionDenied {
+                path,
+                user: who_runs(),
+                owner,
+            }
+        }
+        redb::DatabaseError::Storage(redb::StorageError::Io(io))
+            if io.kind() == std::io::ErrorKind::WouldBlock =>
+        {
+            StorageError::InUse { path }
+        }
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(detail)) => {
+            StorageError::Corrupt { path, detail }
+        }
+        redb::DatabaseError::RepairAborted => StorageError::Corrupt {
+            path,
+            detail: "the repair after an unclean shutdown did not finish".to_string(),
+        },
+        other => StorageError::Open {
+            path,
+            detail: other.to_string(),
+        },
+    }
+}
+
+/// "user roostd (uid 998)", from /proc and /etc/passwd.
+fn who_runs() -> String {
+    let uid = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().nth(1).map(str::to_string))
+    });
+    match uid {
+        Some(uid) => format!("{} (uid {uid})", user_name(&uid).unwrap_or("?".into())),
+        None => "an unknown user".to_string(),
+    }
+}
+
+/// "the file is owned by root (uid 0), mode 600", or for a missing file its directory's.
+fn owner_of(path: &Path) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let (what, meta) = match std::fs::metadata(path) {
+            Ok(m) => ("it is", Some(m)),
+            Err(_) => (
+                "its directory is",
+                path.parent()
+                    .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+                    .and_then(|p| std::fs::metadata(p).ok()),
+            ),
+        };
+        if let Some(m) = meta {
+            let uid = m.uid().to_string();
+            return format!(
+                "{what} owned by {} (uid {uid}), mode {:o}",
+                user_name(&uid).unwrap_or("?".into()),
+                m.mode() & 0o7777
+            );
+        }
+    }
+    let _ = path;
+    "its owner could not be read".to_string()
+}
+
+fn user_name(uid: &str) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        (f.nth(1)? == uid).then(|| name.to_string())
+    })
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -330,9 +429,19 @@ impl Store {
     /// Opens (creating if needed) `dir/roostd.redb` and starts the writer thread. A database
     /// that redb cannot repair stops startup with a message naming the file.
     pub fn open(dir: &Path, policy: FsyncPolicy) -> Result<Store, StorageError> {
-        std::fs::create_dir_all(dir).map_err(|source| StorageError::CreateDir {
-            path: dir.to_path_buf(),
-            source,
+        std::fs::create_dir_all(dir).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::PermissionDenied {
+                StorageError::PermissionDenied {
+                    path: dir.to_path_buf(),
+                    user: who_runs(),
+                    owner: owner_of(dir),
+                }
+            } else {
+                StorageError::CreateDir {
+                    path: dir.to_path_buf(),
+                    source,
+                }
+            }
         })?;
         let path = dir.join("roostd.redb");
         let mut builder = Database::builder();
@@ -346,10 +455,9 @@ impl Store {
                 warn!("The database was not closed cleanly (crash or power loss): repairing it.");
             }
         });
-        let db = builder.create(&path).map_err(|e| StorageError::Open {
-            path: path.clone(),
-            detail: e.to_string(),
-        })?;
+        let db = builder
+            .create(&path)
+            .map_err(|e| open_error(&path, e))?;
         let db = Arc::new(db);
         // Make sure every table exists, and learn the next sequence number.
         let open_err = |e: &dyn std::fmt::Display| StorageError::Open {

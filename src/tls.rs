@@ -294,7 +294,7 @@ pub async fn watch(
     loop {
         tokio::select! {
             _ = tick.tick(), if poll => {}
-            _ = sighup.notified() => info!("Reloading TLS certificates (SIGHUP)."),
+            _ = sighup.notified() => {}
             _ = shutdown.cancelled() => return,
         }
         for (l, last) in listeners.iter().zip(last_error.iter_mut()) {

@@ -175,6 +175,46 @@ impl<V> Node<V> {
 /// ended above), and whether its wildcards are skipped (a `$` topic's first level).
 type MatchStep<'a, V> = (&'a Node<V>, Option<&'a [u8]>, bool);
 
+/// A LIFO stack whose first `N` entries live inline (on the caller's stack), the rest on the
+/// heap: a match of a usual topic allocates nothing, a 65,536-level one still works.
+struct InlineStack<T, const N: usize> {
+    inline: [Option<T>; N],
+    len: usize,
+    spill: Vec<T>,
+}
+
+impl<T, const N: usize> Default for InlineStack<T, N> {
+    fn default() -> Self {
+        InlineStack {
+            inline: std::array::from_fn(|_| None),
+            len: 0,
+            spill: Vec::new(),
+        }
+    }
+}
+
+impl<T, const N: usize> InlineStack<T, N> {
+    fn push(&mut self, item: T) {
+        if self.len < N {
+            self.inline[self.len] = Some(item);
+            self.len += 1;
+        } else {
+            self.spill.push(item);
+        }
+    }
+
+    fn pop(&mut self) -> Option<T> {
+        if let Some(item) = self.spill.pop() {
+            return Some(item);
+        }
+        if self.len == 0 {
+            return None;
+        }
+        self.len -= 1;
+        self.inline[self.len].take()
+    }
+}
+
 /// Topic-filter trie mapping filters to subscriber entries.
 #[derive(Debug)]
 pub struct Trie<V> {
@@ -325,7 +365,9 @@ impl<V: Clone> Trie<V> {
     pub fn matches(&self, topic: &[u8], out: &mut Vec<Entry<V>>) {
         // [MQTT-4.7.2-1] wildcards at the first level do not match '$' topics.
         let dollar = topic.first() == Some(&b'$');
-        let mut stack: Vec<MatchStep<'_, V>> = vec![(&self.root, Some(topic), dollar)];
+        // Inline for the usual depths: no allocation per PUBLISH.
+        let mut stack: InlineStack<MatchStep<'_, V>, 16> = InlineStack::default();
+        stack.push((&self.root, Some(topic), dollar));
         while let Some((node, rest, skip_wildcards)) = stack.pop() {
             let wild = if skip_wildcards {
                 None
@@ -466,6 +508,19 @@ mod tests {
         t.insert(&topic, 1, ());
         t.insert(&plus, 2, ());
         drop(t);
+    }
+
+    /// The inline stack is LIFO across its inline part and its spill.
+    #[test]
+    fn inline_stack_is_lifo_past_its_inline_part() {
+        let mut s: InlineStack<u32, 2> = InlineStack::default();
+        for i in 0..5 {
+            s.push(i);
+        }
+        assert_eq!(s.pop(), Some(4));
+        s.push(9);
+        let rest: Vec<u32> = std::iter::from_fn(|| s.pop()).collect();
+        assert_eq!(rest, vec![9, 3, 2, 1, 0]);
     }
 
     /// Removing one of two filters sharing a prefix prunes only the branch it alone used.

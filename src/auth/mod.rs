@@ -19,7 +19,9 @@ pub mod live;
 pub mod password;
 
 pub use acl::{filter_covers, filter_overlaps, Acl};
-pub use password::{hash_password, set_user, PasswordFile};
+pub use password::{
+    create_with_user, delete_user, hash_password, hash_plain_file, set_user, PasswordFile,
+};
 
 /// Why a password file or ACL file could not be read, parsed or written.
 #[derive(Debug, Error)]

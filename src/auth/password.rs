@@ -463,6 +463,85 @@ pub fn set_user(path: &Path, username: &str, password: &[u8]) -> Result<(), Auth
     write_atomically(&target, updated.as_bytes(), permissions)
 }
 
+/// `mosquitto_passwd -c`: writes a new password file at `path` holding only `username`
+/// (replacing any file there), mode 0600.
+pub fn create_with_user(path: &Path, username: &str, password: &[u8]) -> Result<(), AuthError> {
+    validate_username(username)?;
+    if password.contains(&0) {
+        return Err(AuthError::InvalidPassword(
+            "contains a NUL byte, which Mosquitto and roostd never accept at login",
+        ));
+    }
+    let entry = format!("{username}:{}\n", hash_password(password)?);
+    write_atomically(path, entry.as_bytes(), None)
+}
+
+/// `mosquitto_passwd -D`: removes `username`'s entry, keeping every other line. False if the
+/// file has no such user (the file is then left untouched).
+pub fn delete_user(path: &Path, username: &str) -> Result<bool, AuthError> {
+    let read_error = |source| AuthError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let target = fs::canonicalize(path).map_err(read_error)?;
+    let text = fs::read_to_string(&target).map_err(read_error)?;
+    let permissions = fs::metadata(&target).map_err(read_error)?.permissions();
+    let mut out = String::with_capacity(text.len());
+    let mut found = false;
+    for line in text.split_inclusive('\n') {
+        if line_username(line.trim_end_matches(['\n', '\r'])) == Some(username) {
+            found = true;
+            continue;
+        }
+        out.push_str(line);
+    }
+    if found {
+        write_atomically(&target, out.as_bytes(), Some(permissions))?;
+    }
+    Ok(found)
+}
+
+/// `mosquitto_passwd -U`: hashes, in place, every `user:password` line whose password is
+/// plain text. Lines already holding a hash (`$6$`, `$7$`) are kept as they are (Mosquitto
+/// would hash them again and lock their users out). Returns how many were hashed.
+pub fn hash_plain_file(path: &Path) -> Result<usize, AuthError> {
+    let read_error = |source| AuthError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let target = fs::canonicalize(path).map_err(read_error)?;
+    let text = fs::read_to_string(&target).map_err(read_error)?;
+    let permissions = fs::metadata(&target).map_err(read_error)?.permissions();
+    let origin = path.display().to_string();
+    let mut out = String::with_capacity(text.len() * 2);
+    let mut hashed = 0;
+    for (n, line) in text.split_inclusive('\n').enumerate() {
+        let content = line.trim_end_matches(['\n', '\r']);
+        let entry = line_username(content).and_then(|user| {
+            let (_, secret) = content.split_once(':')?;
+            Some((user, secret))
+        });
+        match entry {
+            Some((user, secret)) if !secret.starts_with("$6$") && !secret.starts_with("$7$") => {
+                validate_username(user).map_err(|e| AuthError::parse(&origin, n + 1, e.to_string()))?;
+                out.push_str(user);
+                out.push(':');
+                out.push_str(&hash_password(secret.as_bytes())?);
+                out.push_str(&line[content.len()..]);
+                if !line.ends_with('\n') {
+                    out.push('\n');
+                }
+                hashed += 1;
+            }
+            _ => out.push_str(line),
+        }
+    }
+    if hashed > 0 {
+        write_atomically(&target, out.as_bytes(), Some(permissions))?;
+    }
+    Ok(hashed)
+}
+
 /// Distinguishes temporary files of concurrent writers within one process.
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 

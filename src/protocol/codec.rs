@@ -526,6 +526,19 @@ pub enum Ack {
     UnsubAck,
 }
 
+impl Ack {
+    /// The packet's name, for logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Ack::PubAck => "PUBACK",
+            Ack::PubRec => "PUBREC",
+            Ack::PubRel => "PUBREL",
+            Ack::PubComp => "PUBCOMP",
+            Ack::UnsubAck => "UNSUBACK",
+        }
+    }
+}
+
 /// SUBACK with one return code per filter (0..=2 granted, 0x80 failure).
 pub fn encode_suback(out: &mut BytesMut, pkid: u16, codes: &[u8]) {
     out.put_u8(0x90);
