@@ -427,3 +427,96 @@ async fn password_file_written_by_mosquitto_passwd_is_accepted_by_roostd_and_mos
         .unwrap();
     assert!(!out.status.success());
 }
+
+/// The README's auth section, run as written: `examples/auth/` (roostd.toml + acl) with a
+/// password file made by `roostd passwd -c -b` and `roostd passwd -b`, the real binary started
+/// with `--config roostd.toml` from that directory (only the port is changed: never a fixed
+/// port in a test). Anonymous and wrong passwords get CONNACK 0x05; alice publishes readings,
+/// bob reads them but may not write them; everyone has users/<name>/#.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_auth_example_runs_as_written() {
+    use std::io::BufRead;
+    let files = Files::new("example");
+    let dir = files.dir.clone();
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/auth");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = std::fs::read_to_string(example.join("roostd.toml")).unwrap();
+    assert!(config.contains("port = 1883"), "the example listens on 1883");
+    // Top-level keys go before the [[listener]] table.
+    let config = "metrics_enabled = false\nsys_interval = 0\n".to_string()
+        + &config.replace("port = 1883", &format!("port = {port}"));
+    std::fs::write(dir.join("roostd.toml"), config).unwrap();
+    std::fs::copy(example.join("acl"), dir.join("acl")).unwrap();
+    let bin = env!("CARGO_BIN_EXE_roostd");
+    for args in [
+        &["passwd", "-c", "-b", "passwords", "alice", "secret"][..],
+        &["passwd", "-b", "passwords", "bob", "builder"][..],
+    ] {
+        let out = std::process::Command::new(bin)
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "roostd {args:?}: {out:?}");
+    }
+    let mut child = std::process::Command::new(bin)
+        .args(["--config", "roostd.toml"])
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let ready = tokio::task::spawn_blocking(move || {
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let found = lines.by_ref().any(|l| l.is_ok_and(|l| l.contains("listen socket")));
+        // Keep reading so the broker's log pipe never fills.
+        std::thread::spawn(move || lines.for_each(drop));
+        found
+    });
+    let started = tokio::time::timeout(Duration::from_secs(30), ready).await;
+    let guard = KillOnDrop(child);
+    assert!(started.unwrap().unwrap(), "roostd did not start listening");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    for c in [
+        Connect::new("anon"),
+        Connect::new("mallory").username("alice").password(b"wrong"),
+    ] {
+        let mut r = Raw::connect(addr, &c).await;
+        let p = r.recv().await;
+        assert_eq!((p.header, p.body[1]), (0x20, 0x05), "{c:?}");
+    }
+    let (mut alice, _) =
+        Raw::connect_ok(addr, &Connect::new("alice-1").username("alice").password(b"secret"))
+            .await;
+    let (mut bob, _) =
+        Raw::connect_ok(addr, &Connect::new("bob-1").username("bob").password(b"builder")).await;
+    bob.send(&subscribe(1, &[("sensors/#", 1), ("users/bob/#", 1)])).await;
+    assert_eq!(&bob.expect_kind(SUBACK).await.body[2..], &[1, 1]);
+    // bob may not write readings: acknowledged (3.1.1 has no refusal) but not delivered.
+    bob.send(&publish("sensors/fake", b"x", 1, false, false, 1)).await;
+    bob.expect_kind(PUBACK).await;
+    alice.send(&publish("sensors/1/temp", b"21.5", 1, false, false, 1)).await;
+    alice.expect_kind(PUBACK).await;
+    let m = bob.recv_publish_ack().await;
+    assert_eq!((m.topic.as_str(), &m.payload[..]), ("sensors/1/temp", &b"21.5"[..]));
+    bob.send(&publish("users/bob/note", b"mine", 1, false, false, 2)).await;
+    bob.expect_kind(PUBACK).await;
+    let m = bob.recv_publish_ack().await;
+    assert_eq!(m.topic, "users/bob/note", "the sensors/fake PUBLISH was not delivered");
+    drop(guard);
+}
+
+/// Kills a child process when dropped (a failing test must not leave a broker running).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -25,6 +25,63 @@ fn have_mosquitto_clients() -> bool {
     interop_binaries(&["mosquitto_pub", "mosquitto_sub"])
 }
 
+/// The binaries the interop tests run, and the Debian packages that have them.
+const INTEROP_TOOLS: [(&str, &str); 5] = [
+    ("mosquitto_pub", "mosquitto-clients"),
+    ("mosquitto_sub", "mosquitto-clients"),
+    ("mosquitto", "mosquitto"),
+    ("mosquitto_passwd", "mosquitto"),
+    ("prometheus", "prometheus"),
+];
+
+/// A developer running `cargo test` without Mosquitto or Prometheus installed gets green
+/// interop tests that checked nothing (their "skipped" line is hidden by cargo's output
+/// capture). This test says so instead: it fails, naming the missing binaries and the
+/// apt-get line, unless they are installed or ROOSTD_SKIP_INTEROP=1 says skipping is meant.
+/// (CI installs them and sets ROOSTD_REQUIRE_INTEROP=1, which makes the interop tests
+/// themselves fail when a binary is missing.)
+#[test]
+fn interop_tools_are_installed_or_skipping_is_explicit() {
+    let on_path = |name: &str| {
+        std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+            .unwrap_or(false)
+    };
+    let missing: Vec<(&str, &str)> = INTEROP_TOOLS
+        .iter()
+        .copied()
+        .filter(|(bin, _)| !on_path(bin))
+        .collect();
+    if missing.is_empty() || std::env::var("ROOSTD_SKIP_INTEROP").as_deref() == Ok("1") {
+        return;
+    }
+    let mut packages: Vec<&str> = missing.iter().map(|(_, p)| *p).collect();
+    packages.dedup();
+    panic!(
+        "{} interop test(s) were skipped because {} not on PATH: install them with `sudo apt-get install {}`, or set ROOSTD_SKIP_INTEROP=1 to skip them knowingly",
+        interop_test_count(),
+        missing.iter().map(|(b, _)| *b).collect::<Vec<_>>().join(", ") + if missing.len() == 1 { " is" } else { " are" },
+        packages.join(" ")
+    );
+}
+
+/// Tests that need the interop binaries, counted from their sources (so it cannot go stale):
+/// each skips through `have_mosquitto_clients` or `interop_binaries`, or (the unit test in
+/// src/auth/password.rs) prints its own "skipped:" line.
+fn interop_test_count() -> usize {
+    let uses = |text: &str, pat: &str| text.matches(pat).count();
+    uses(include_str!("interop.rs"), "if !have_mosquitto_clients()")
+        + [
+            include_str!("auth.rs"),
+            include_str!("observability.rs"),
+            include_str!("tls.rs"),
+        ]
+        .iter()
+        .map(|t| uses(t, "if !interop_binaries("))
+        .sum::<usize>()
+        + uses(include_str!("../../src/auth/password.rs"), "println!(\"skipped:")
+}
+
 fn base(bin: &str, b: &TestBroker, args: &[&str]) -> Command {
     let mut c = Command::new(bin);
     c.args([
