@@ -605,4 +605,24 @@ mod tests {
         let text = include_str!("../roostd.example.toml");
         Config::from_toml_str(text).unwrap();
     }
+
+    /// Value errors speak the user's language: line, key, value and the allowed range or
+    /// values; a mosquitto.conf gets a hint that the file is TOML (issue 12).
+    #[test]
+    fn parse_errors_name_line_key_value_and_what_is_allowed() {
+        let err = |text: &str| Config::from_toml_str(text).unwrap_err().to_string();
+        let e = err("# c\nmax_inflight_messages = 70000\n");
+        assert_eq!(
+            e,
+            "line 2: `max_inflight_messages = 70000`: must be a whole number from 0 to 65535"
+        );
+        assert!(err("fsync = \"sometimes\"").contains("must be one of always, interval, never"));
+        assert!(err("persistence = 3").contains("`persistence = 3`: must be true or false"));
+        assert!(err("max_queued_messages = -1").contains("from 0 to 18446744073709551615"));
+        assert!(err("bogus_key = 1").contains("unknown key `bogus_key`"));
+        let m = err("# mosquitto\nlistener 1883\nallow_anonymous true\n");
+        assert!(m.contains("line 2: `listener 1883` is not TOML"), "{m}");
+        assert!(m.contains("roostd.example.toml") && m.contains("import-mosquitto-conf"));
+        assert!(!err("port = \"x\"").contains("mosquitto.conf"));
+    }
 }

@@ -236,7 +236,8 @@ fn run() -> anyhow::Result<()> {
 
     let mut config = match &cli.config {
         Some(path) => {
-            let config = Config::load(path).with_context(|| format!("loading {}", path.display()))?;
+            let config =
+                Config::load(path).with_context(|| format!("loading {}", path.display()))?;
             info!(
                 "roostd {} starting with config {}.",
                 env!("CARGO_PKG_VERSION"),
@@ -254,9 +255,7 @@ fn run() -> anyhow::Result<()> {
         }
     };
     if let (Some(port), false) = (cli.port, config.listener.is_empty()) {
-        warn!(
-            "-p {port} is ignored: the config defines [[listener]] tables (set the port there)."
-        );
+        warn!("-p {port} is ignored: the config defines [[listener]] tables (set the port there).");
     }
     match cli.metrics_port {
         Some(0) => config.metrics_enabled = false,
@@ -293,7 +292,11 @@ fn run() -> anyhow::Result<()> {
 /// What SIGHUP re-reads, in words: only what this config has.
 fn reloadable_files(config: &Config) -> String {
     let mut what = Vec::new();
-    let tls = config.listener.iter().filter(|l| l.certfile.is_some()).count();
+    let tls = config
+        .listener
+        .iter()
+        .filter(|l| l.certfile.is_some())
+        .count();
     if tls > 0 {
         what.push(format!("the certificates of {tls} TLS listener(s)"));
     }

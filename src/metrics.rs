@@ -503,3 +503,35 @@ pub fn process_figures() -> ProcessFigures {
     }
     p
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The scrape carries CPU seconds with their fraction (a counter of whole seconds showed
+    /// steps or zeros), and the drop counter's help names every reason (from the enum).
+    #[test]
+    fn cpu_seconds_have_fractions_and_drop_help_lists_every_reason() {
+        let m = Metrics::with_exporter();
+        // Burn a little CPU so the figure is not a whole number of seconds by chance.
+        let mut x = 0u64;
+        for i in 0..3_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        assert!(x != 1);
+        let text = m.render(&Gauges::default()).unwrap();
+        let cpu = text
+            .lines()
+            .find(|l| l.starts_with("process_cpu_seconds_total "))
+            .unwrap();
+        let value: f64 = cpu.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert!(value > 0.0, "{cpu}");
+        let help = text
+            .lines()
+            .find(|l| l.starts_with("# HELP roostd_messages_dropped_total"))
+            .unwrap();
+        for r in DropReason::ALL {
+            assert!(help.contains(r.as_str()), "{help} lacks {}", r.as_str());
+        }
+    }
+}

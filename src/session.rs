@@ -510,7 +510,8 @@ impl DropCounts {
     pub fn take_warning(&mut self) -> Option<(u64, DropReason)> {
         let d = self.0.as_deref_mut()?;
         let due = d.unwarned > 0
-            && d.warned_at.is_none_or(|t| t.elapsed() >= DROP_WARNING_INTERVAL);
+            && d.warned_at
+                .is_none_or(|t| t.elapsed() >= DROP_WARNING_INTERVAL);
         if !due {
             return None;
         }
@@ -1407,6 +1408,20 @@ mod tests {
         d.add(DropReason::QueueFull);
         d.add(DropReason::NotAuthorized);
         assert_eq!(d.get(DropReason::QueueFull), 2);
+        assert_eq!(d.total(), 3);
+    }
+
+    /// A client's drops are reported once per interval, with the count since the last report
+    /// and the latest reason; nothing is reported without new drops.
+    #[test]
+    fn drop_warnings_are_rate_limited_per_client() {
+        let mut d = DropCounts::default();
+        assert_eq!(d.take_warning(), None);
+        d.add(DropReason::QueueFull);
+        d.add(DropReason::Qos0Offline);
+        assert_eq!(d.take_warning(), Some((2, DropReason::Qos0Offline)));
+        d.add(DropReason::QueueFull);
+        assert_eq!(d.take_warning(), None, "within the interval");
         assert_eq!(d.total(), 3);
     }
 }

@@ -286,11 +286,13 @@ fn open_error(path: &Path, e: redb::DatabaseError) -> StorageError {
 
 /// "user roostd (uid 998)", from /proc and /etc/passwd.
 fn who_runs() -> String {
-    let uid = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| {
-        s.lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|v| v.split_whitespace().nth(1).map(str::to_string))
-    });
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().nth(1).map(str::to_string))
+        });
     match uid {
         Some(uid) => format!("{} (uid {uid})", user_name(&uid).unwrap_or("?".into())),
         None => "an unknown user".to_string(),
@@ -307,7 +309,13 @@ fn owner_of(path: &Path) -> String {
             Err(_) => (
                 "its directory is",
                 path.parent()
-                    .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+                    .map(|p| {
+                        if p.as_os_str().is_empty() {
+                            Path::new(".")
+                        } else {
+                            p
+                        }
+                    })
                     .and_then(|p| std::fs::metadata(p).ok()),
             ),
         };
@@ -455,9 +463,7 @@ impl Store {
                 warn!("The database was not closed cleanly (crash or power loss): repairing it.");
             }
         });
-        let db = builder
-            .create(&path)
-            .map_err(|e| open_error(&path, e))?;
+        let db = builder.create(&path).map_err(|e| open_error(&path, e))?;
         let db = Arc::new(db);
         // Make sure every table exists, and learn the next sequence number.
         let open_err = |e: &dyn std::fmt::Display| StorageError::Open {
@@ -1374,6 +1380,47 @@ mod tests {
             rec.sessions[0]
         );
         assert_eq!(rec.sessions[1].subscriptions, vec![("t/1".to_string(), 1)]);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Issue 12: a lock held by another broker, a permission problem and real damage get
+    /// different advice; only damage suggests moving the file aside.
+    #[test]
+    fn open_errors_tell_lock_permission_and_damage_apart() {
+        let d = dir("lock");
+        let first = Store::open(&d, FsyncPolicy::Never).unwrap();
+        let e = Store::open(&d, FsyncPolicy::Never).unwrap_err();
+        assert!(matches!(e, StorageError::InUse { .. }), "{e}");
+        let text = e.to_string();
+        assert!(text.contains("in use by another roostd") && text.contains("--data-dir"));
+        assert!(
+            !text.contains("move it aside") && !text.contains("mv "),
+            "{text}"
+        );
+        drop(first);
+        let path = d.join("roostd.redb");
+        let denied = open_error(
+            &path,
+            redb::DatabaseError::Storage(redb::StorageError::Io(std::io::Error::from(
+                std::io::ErrorKind::PermissionDenied,
+            ))),
+        );
+        let text = denied.to_string();
+        assert!(
+            text.contains("permission denied") && text.contains("roostd runs as"),
+            "{text}"
+        );
+        assert!(text.contains("owned by"), "{text}");
+        assert!(!text.contains("mv "), "{text}");
+        let damaged = open_error(
+            &path,
+            redb::DatabaseError::Storage(redb::StorageError::Corrupted("bad page".into())),
+        );
+        let text = damaged.to_string();
+        assert!(
+            text.contains("damaged beyond repair") && text.contains(".broken"),
+            "{text}"
+        );
         let _ = std::fs::remove_dir_all(&d);
     }
 }

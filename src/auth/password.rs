@@ -523,7 +523,8 @@ pub fn hash_plain_file(path: &Path) -> Result<usize, AuthError> {
         });
         match entry {
             Some((user, secret)) if !secret.starts_with("$6$") && !secret.starts_with("$7$") => {
-                validate_username(user).map_err(|e| AuthError::parse(&origin, n + 1, e.to_string()))?;
+                validate_username(user)
+                    .map_err(|e| AuthError::parse(&origin, n + 1, e.to_string()))?;
                 out.push_str(user);
                 out.push(':');
                 out.push_str(&hash_password(secret.as_bytes())?);
@@ -1026,6 +1027,36 @@ gina:$6$ZGVmZ2hpamtsbW5v$lgLANuZVMVEgeUn9pb4gRyKrXjxFB9NXO8yq0ZPwq4qqZZjVsdW4Ou0
         let text = fs::read_to_string(&path).expect("read");
         assert!(text.contains("many:$7$1234$"), "{text}");
         assert!(text.contains("sha512:$6$"), "{text}");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// mosquitto_passwd's -c, -D and -U (issue 12): create replaces the file with one user,
+    /// delete keeps every other line, -U hashes plain-text lines only.
+    #[test]
+    fn create_delete_and_hash_plain_text_in_place() {
+        let dir = temp_dir("flags");
+        let path = dir.join("passwd");
+        set_user(&path, "old", b"x").unwrap();
+        create_with_user(&path, "alice", b"secret").unwrap();
+        let f = PasswordFile::load(&path).unwrap();
+        assert!(f.verify("alice", b"secret") && !f.contains_user("old"));
+        set_user(&path, "bob", b"builder").unwrap();
+        assert!(delete_user(&path, "alice").unwrap());
+        assert!(!delete_user(&path, "alice").unwrap());
+        let f = PasswordFile::load(&path).unwrap();
+        assert!(!f.contains_user("alice") && f.verify("bob", b"builder"));
+        let hashed_bob = fs::read_to_string(&path).unwrap();
+        fs::write(&path, format!("# users\ncarol:plain pw\n{hashed_bob}")).unwrap();
+        assert_eq!(hash_plain_file(&path).unwrap(), 1);
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("# users\ncarol:$7$"), "{text}");
+        assert!(
+            text.ends_with(&hashed_bob),
+            "the hashed line is kept byte for byte"
+        );
+        let f = PasswordFile::load(&path).unwrap();
+        assert!(f.verify("carol", b"plain pw") && f.verify("bob", b"builder"));
+        assert_eq!(hash_plain_file(&path).unwrap(), 0);
         let _ = fs::remove_dir_all(&dir);
     }
 }
