@@ -445,7 +445,10 @@ async fn the_readme_auth_example_runs_as_written() {
         .unwrap()
         .port();
     let config = std::fs::read_to_string(example.join("roostd.toml")).unwrap();
-    assert!(config.contains("port = 1883"), "the example listens on 1883");
+    assert!(
+        config.contains("port = 1883"),
+        "the example listens on 1883"
+    );
     // Top-level keys go before the [[listener]] table.
     let config = "metrics_enabled = false\nsys_interval = 0\n".to_string()
         + &config.replace("port = 1883", &format!("port = {port}"));
@@ -473,7 +476,9 @@ async fn the_readme_auth_example_runs_as_written() {
     let stderr = child.stderr.take().unwrap();
     let ready = tokio::task::spawn_blocking(move || {
         let mut lines = std::io::BufReader::new(stderr).lines();
-        let found = lines.by_ref().any(|l| l.is_ok_and(|l| l.contains("listen socket")));
+        let found = lines
+            .by_ref()
+            .any(|l| l.is_ok_and(|l| l.contains("listen socket")));
         // Keep reading so the broker's log pipe never fills.
         std::thread::spawn(move || lines.for_each(drop));
         found
@@ -490,24 +495,42 @@ async fn the_readme_auth_example_runs_as_written() {
         let p = r.recv().await;
         assert_eq!((p.header, p.body[1]), (0x20, 0x05), "{c:?}");
     }
-    let (mut alice, _) =
-        Raw::connect_ok(addr, &Connect::new("alice-1").username("alice").password(b"secret"))
-            .await;
-    let (mut bob, _) =
-        Raw::connect_ok(addr, &Connect::new("bob-1").username("bob").password(b"builder")).await;
-    bob.send(&subscribe(1, &[("sensors/#", 1), ("users/bob/#", 1)])).await;
+    let (mut alice, _) = Raw::connect_ok(
+        addr,
+        &Connect::new("alice-1")
+            .username("alice")
+            .password(b"secret"),
+    )
+    .await;
+    let (mut bob, _) = Raw::connect_ok(
+        addr,
+        &Connect::new("bob-1").username("bob").password(b"builder"),
+    )
+    .await;
+    bob.send(&subscribe(1, &[("sensors/#", 1), ("users/bob/#", 1)]))
+        .await;
     assert_eq!(&bob.expect_kind(SUBACK).await.body[2..], &[1, 1]);
     // bob may not write readings: acknowledged (3.1.1 has no refusal) but not delivered.
-    bob.send(&publish("sensors/fake", b"x", 1, false, false, 1)).await;
+    bob.send(&publish("sensors/fake", b"x", 1, false, false, 1))
+        .await;
     bob.expect_kind(PUBACK).await;
-    alice.send(&publish("sensors/1/temp", b"21.5", 1, false, false, 1)).await;
+    alice
+        .send(&publish("sensors/1/temp", b"21.5", 1, false, false, 1))
+        .await;
     alice.expect_kind(PUBACK).await;
     let m = bob.recv_publish_ack().await;
-    assert_eq!((m.topic.as_str(), &m.payload[..]), ("sensors/1/temp", &b"21.5"[..]));
-    bob.send(&publish("users/bob/note", b"mine", 1, false, false, 2)).await;
+    assert_eq!(
+        (m.topic.as_str(), &m.payload[..]),
+        ("sensors/1/temp", &b"21.5"[..])
+    );
+    bob.send(&publish("users/bob/note", b"mine", 1, false, false, 2))
+        .await;
     bob.expect_kind(PUBACK).await;
     let m = bob.recv_publish_ack().await;
-    assert_eq!(m.topic, "users/bob/note", "the sensors/fake PUBLISH was not delivered");
+    assert_eq!(
+        m.topic, "users/bob/note",
+        "the sensors/fake PUBLISH was not delivered"
+    );
     drop(guard);
 }
 

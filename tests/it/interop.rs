@@ -79,7 +79,10 @@ fn interop_test_count() -> usize {
         .iter()
         .map(|t| uses(t, "if !interop_binaries("))
         .sum::<usize>()
-        + uses(include_str!("../../src/auth/password.rs"), "println!(\"skipped:")
+        + uses(
+            include_str!("../../src/auth/password.rs"),
+            "println!(\"skipped:",
+        )
 }
 
 fn base(bin: &str, b: &TestBroker, args: &[&str]) -> Command {
