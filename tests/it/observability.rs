@@ -150,6 +150,9 @@ async fn drops_are_counted_by_reason_and_the_slow_client_is_named() {
     assert_eq!(report[0]["dropped"], 6);
     assert_eq!(report[0]["queued"], 2);
     assert_eq!(report[0]["online"], false);
+    // An object keyed by reason, not a list of pairs (issue 12).
+    assert_eq!(report[0]["dropped_by_reason"]["queue_full"], 3, "{body}");
+    assert_eq!(report[0]["dropped_by_reason"]["qos0_offline"], 3, "{body}");
 }
 
 #[tokio::test]
