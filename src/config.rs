@@ -67,6 +67,23 @@ pub struct ListenerConfig {
     /// Default "cn".
     #[serde(default)]
     pub identity_source: IdentitySource,
+    /// "mqtt" (MQTT over TCP, or TLS with certfile/keyfile) or "websockets" (MQTT over
+    /// WebSockets: ws, or wss with certfile/keyfile), as Mosquitto's `protocol`. Default "mqtt".
+    #[serde(default)]
+    pub protocol: ListenerProtocol,
+    /// With protocol = "websockets": the only HTTP path accepted (e.g. "/mqtt"). Default none:
+    /// any path, as Mosquitto (MQTT.js asks for "/", others for "/mqtt").
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+/// What a listener speaks.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerProtocol {
+    #[default]
+    Mqtt,
+    Websockets,
 }
 
 /// Where `use_identity_as_username` takes the user name from.
@@ -96,6 +113,8 @@ impl ListenerConfig {
             require_certificate: false,
             use_identity_as_username: false,
             identity_source: IdentitySource::Cn,
+            protocol: ListenerProtocol::Mqtt,
+            path: None,
         }
     }
 
@@ -133,6 +152,23 @@ impl ListenerConfig {
             )),
         }
     }
+    /// Checks the WebSocket settings.
+    pub fn check_protocol(&self) -> Result<(), ConfigError> {
+        match (&self.path, self.protocol) {
+            (Some(_), ListenerProtocol::Mqtt) => Err(invalid(
+                "listener.path",
+                format!(
+                    "listener on port {} has path but is not a websockets listener (protocol = \"websockets\")",
+                    self.port
+                ),
+            )),
+            (Some(p), ListenerProtocol::Websockets) if !p.starts_with('/') => {
+                Err(invalid("listener.path", format!("`{p}` must start with '/'")))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The socket address to bind.
     pub fn socket_addr(&self) -> Result<SocketAddr, ConfigError> {
         let ip: IpAddr = self.bind_address.parse().map_err(|_| {
@@ -411,6 +447,7 @@ impl Config {
         for l in &self.listener {
             l.socket_addr()?;
             l.tls_files()?;
+            l.check_protocol()?;
         }
         if self.max_storage_backlog == 0 {
             return Err(invalid("max_storage_backlog", "must be at least 1"));

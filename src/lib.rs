@@ -39,6 +39,7 @@ pub mod storage;
 pub mod sys;
 pub mod tls;
 pub mod trie;
+pub mod websocket;
 
 pub use config::{Config, ConfigError};
 pub use server::{Broker, BrokerError};

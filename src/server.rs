@@ -16,13 +16,15 @@ use tracing::{error, info, warn};
 
 use crate::auth::live::AuthState;
 use crate::auth::AuthError;
-use crate::config::{Config, ConfigError, IdentitySource, ListenerConfig, DEFAULT_PORT};
+use crate::config::{
+    Config, ConfigError, IdentitySource, ListenerConfig, ListenerProtocol, DEFAULT_PORT,
+};
 use crate::connection::{self, CertUser, Context};
 use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::storage::{StorageError, Store};
 use crate::tls::{self, TlsAcceptor, TlsError};
-use crate::{http, sys};
+use crate::{http, sys, websocket};
 
 /// How long `run` waits for connections to close after shutdown is requested.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -57,6 +59,8 @@ struct Listener {
     tls: Option<Arc<TlsAcceptor>>,
     /// Set when the certificate identity is the user name.
     identity: Option<IdentitySource>,
+    /// MQTT over WebSockets (ws, or wss with TLS); the HTTP path accepted, if one is set.
+    websocket: Option<Option<Arc<str>>>,
 }
 
 /// A broker with its listeners bound, ready to `run`.
@@ -127,10 +131,16 @@ impl Broker {
                 ),
                 None => None,
             };
+            let ws = l.protocol == ListenerProtocol::Websockets;
             info!(
                 "Opening ipv{} listen socket on {local}{}.",
                 if local.is_ipv4() { 4 } else { 6 },
-                if tls.is_some() { " (TLS)" } else { "" }
+                match (tls.is_some(), ws) {
+                    (true, true) => " (WebSockets over TLS)",
+                    (false, true) => " (WebSockets)",
+                    (true, false) => " (TLS)",
+                    (false, false) => "",
+                }
             );
             if config.anonymous_allowed() && !local.ip().is_loopback() {
                 warn!("Listener {local} accepts anonymous clients from the network (allow_anonymous = true).");
@@ -139,6 +149,8 @@ impl Broker {
                 tcp,
                 tls,
                 identity: l.use_identity_as_username.then_some(l.identity_source),
+                websocket: (l.protocol == ListenerProtocol::Websockets)
+                    .then(|| l.path.as_deref().map(Arc::from)),
             });
         }
         let metrics_listener = if config.metrics_enabled {
@@ -370,8 +382,8 @@ async fn accept_loop(
         // Our writer batches; Nagle would only add latency.
         let _ = socket.set_nodelay(true);
         // The permit travels with the connection and is released when it ends.
-        match listener.tls.clone() {
-            None => {
+        match (listener.tls.clone(), &listener.websocket) {
+            (None, None) => {
                 tracker.spawn(connection::serve(
                     socket,
                     peer,
@@ -381,16 +393,31 @@ async fn accept_loop(
                     Some(permit),
                 ));
             }
-            Some(tls) => {
+            (None, Some(path)) => {
+                tracker.spawn(serve_ws(
+                    socket,
+                    peer,
+                    conn_id,
+                    ctx.clone(),
+                    CertUser::NotUsed,
+                    path.clone(),
+                    permit,
+                ));
+            }
+            (Some(tls), websocket) => {
                 let ctx = ctx.clone();
                 let identity = listener.identity;
-                tracker.spawn(serve_tls(socket, peer, conn_id, ctx, tls, identity, permit));
+                let ws = websocket.clone();
+                tracker.spawn(serve_tls(
+                    socket, peer, conn_id, ctx, tls, identity, ws, permit,
+                ));
             }
         }
     }
 }
 
 /// Runs the TLS handshake (bounded by tls_handshake_timeout), then serves MQTT over it.
+#[allow(clippy::too_many_arguments)]
 async fn serve_tls(
     socket: TcpStream,
     peer: SocketAddr,
@@ -398,6 +425,7 @@ async fn serve_tls(
     ctx: Context,
     tls: Arc<TlsAcceptor>,
     identity: Option<IdentitySource>,
+    websocket: Option<Option<Arc<str>>>,
     permit: OwnedSemaphorePermit,
 ) {
     let timeout = Duration::from_secs(ctx.config.tls_handshake_timeout);
@@ -461,7 +489,59 @@ async fn serve_tls(
             }
         }
     };
-    connection::serve(stream, peer, conn_id, ctx, user, Some(permit)).await;
+    match websocket {
+        None => connection::serve(stream, peer, conn_id, ctx, user, Some(permit)).await,
+        Some(path) => serve_ws(stream, peer, conn_id, ctx, user, path, permit).await,
+    }
+}
+
+/// MQTT over WebSockets: the HTTP upgrade in the connection's own task, within the CONNECT
+/// timeout (a slow client does not stall the accept loop), then MQTT over the frames.
+async fn serve_ws<S>(
+    mut stream: S,
+    peer: SocketAddr,
+    conn_id: u64,
+    ctx: Context,
+    user: CertUser,
+    path: Option<Arc<str>>,
+    permit: OwnedSemaphorePermit,
+) where
+    S: connection::Transport + 'static,
+{
+    let limit = Duration::from_secs(ctx.config.connect_timeout);
+    let upgraded = tokio::select! {
+        r = Box::pin(tokio::time::timeout(limit, websocket::upgrade(&mut stream, path.as_deref()))) => r,
+        _ = ctx.shutdown.cancelled() => return,
+    };
+    let leftover = match upgraded {
+        Ok(Ok(u)) => {
+            tracing::debug!(
+                "WebSocket upgrade from {peer} (subprotocol {}).",
+                u.subprotocol.unwrap_or("none")
+            );
+            u.leftover
+        }
+        Ok(Err(e)) => {
+            info!("WebSocket connection from {peer} refused: {e}");
+            return;
+        }
+        Err(_) => {
+            ctx.router
+                .metrics()
+                .stats
+                .connect_timeouts
+                .fetch_add(1, Relaxed);
+            info!(
+                "WebSocket client from {peer} did not finish its upgrade within {}s, closing.",
+                ctx.config.connect_timeout
+            );
+            return;
+        }
+    };
+    // A frame may hold a whole packet: its fixed header (at most 5 bytes) on top of the limit.
+    let max = ctx.config.message_size_limit + 5;
+    let ws = websocket::WsStream::new(stream, leftover, max);
+    connection::serve(ws, peer, conn_id, ctx, user, Some(permit)).await;
 }
 
 /// Folds histogram samples into buckets even when nobody scrapes, so memory stays bounded.

@@ -17,6 +17,9 @@ mod will;
 
 mod auth;
 mod backpressure;
+mod hardening;
+mod model;
 mod observability;
 mod persistence;
 mod tls;
+mod websocket;

@@ -1,0 +1,349 @@
+//! MQTT over WebSockets (MQTT 3.1.1 section 6, RFC 6455): tungstenite as an independent
+//! WebSocket client over real sockets, raw bytes for hostile frames, and the TCP side with
+//! the raw MQTT client and the real mosquitto_sub.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::common::*;
+
+/// A broker with a plain MQTT listener (first address) and a WebSocket one (second).
+async fn ws_broker(extra_listener: &str) -> (TestBroker, std::net::SocketAddr) {
+    let toml = config_toml("")
+        + &format!(
+            "[[listener]]\nport = 0\nbind_address = \"127.0.0.1\"\nprotocol = \"websockets\"\n{extra_listener}\n"
+        );
+    let cfg = roostd::Config::from_toml_str(&toml).expect("config");
+    let broker = roostd::Broker::bind(cfg).await.expect("bind");
+    let addrs = broker.local_addrs();
+    let shutdown = broker.shutdown_token();
+    let handle = tokio::spawn(broker.run());
+    (
+        TestBroker {
+            addr: addrs[0],
+            shutdown,
+            handle: Some(handle),
+        },
+        addrs[1],
+    )
+}
+
+type Ws = WebSocketStream<TcpStream>;
+
+async fn ws_connect(addr: std::net::SocketAddr, path: &str, protocol: Option<&str>) -> Ws {
+    let mut req = format!("ws://{addr}{path}").into_client_request().unwrap();
+    if let Some(p) = protocol {
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", HeaderValue::from_str(p).unwrap());
+    }
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (ws, resp) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::client_async(req, tcp))
+        .await
+        .expect("upgrade timeout")
+        .expect("upgrade");
+    if protocol.is_some() {
+        assert_eq!(
+            resp.headers()
+                .get("Sec-WebSocket-Protocol")
+                .map(|v| v.to_str().unwrap()),
+            Some("mqtt"),
+            "[MQTT-6.0.0-4] the server answers with the subprotocol"
+        );
+    }
+    ws
+}
+
+/// Reads binary messages until `n` MQTT packets were parsed from their concatenation.
+async fn ws_packets(ws: &mut Ws, buf: &mut Vec<u8>, n: usize) -> Vec<Packet> {
+    let mut out = Vec::new();
+    loop {
+        while let Some(p) = parse_one(buf) {
+            out.push(p);
+            if out.len() == n {
+                return out;
+            }
+        }
+        let msg = tokio::time::timeout(TIMEOUT, ws.next())
+            .await
+            .expect("no WebSocket message in time")
+            .expect("stream ended")
+            .expect("ws error");
+        match msg {
+            Message::Binary(b) => buf.extend_from_slice(&b),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("[MQTT-6.0.0-1] only binary frames: got {other:?}"),
+        }
+    }
+}
+
+/// One MQTT packet from the front of `buf`, if complete.
+fn parse_one(buf: &mut Vec<u8>) -> Option<Packet> {
+    let mut len = 0usize;
+    let mut mult = 1usize;
+    let mut i = 1;
+    loop {
+        let b = *buf.get(i)?;
+        len += (b & 0x7F) as usize * mult;
+        mult *= 128;
+        i += 1;
+        if b & 0x80 == 0 {
+            break;
+        }
+    }
+    if buf.len() < i + len {
+        return None;
+    }
+    let header = buf[0];
+    let body = buf[i..i + len].to_vec();
+    buf.drain(..i + len);
+    Some(Packet { header, body })
+}
+
+/// [MQTT-6.0.0-1] [MQTT-6.0.0-2] MQTT in binary frames, packets split across frames and
+/// several packets in one frame; messages flow both ways between a WebSocket client and a
+/// TCP client, at QoS 0, 1 and 2, retained included.
+#[tokio::test]
+async fn mqtt_over_websockets_to_and_from_tcp_clients() {
+    let (b, ws_addr) = ws_broker("").await;
+    let mut ws = ws_connect(ws_addr, "/mqtt", Some("mqtt")).await;
+    let connect = Connect::new("ws-client").bytes();
+    // CONNECT split across two frames.
+    let (a, rest) = connect.split_at(5);
+    ws.send(Message::Binary(a.to_vec().into())).await.unwrap();
+    ws.send(Message::Binary(rest.to_vec().into()))
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let connack = &ws_packets(&mut ws, &mut buf, 1).await[0];
+    assert_eq!((connack.header, connack.body[1]), (0x20, 0));
+    // SUBSCRIBE and PINGREQ in one frame.
+    let mut two = subscribe(1, &[("ws/#", 2)]);
+    two.extend(pingreq());
+    ws.send(Message::Binary(two.into())).await.unwrap();
+    let got = ws_packets(&mut ws, &mut buf, 2).await;
+    assert_eq!(got[0].kind(), SUBACK);
+    assert_eq!(got[1].kind(), PINGRESP);
+    // TCP -> WebSocket at every QoS.
+    let mut tcp = Raw::client(b.addr, "tcp-client").await;
+    tcp.send(&subscribe(1, &[("tcp/#", 1)])).await;
+    tcp.expect_kind(SUBACK).await;
+    for qos in 0..=2u8 {
+        tcp.send(&publish("ws/in", &[qos], qos, false, false, qos as u16 + 1))
+            .await;
+        match qos {
+            1 => {
+                tcp.expect_kind(PUBACK).await;
+            }
+            2 => {
+                tcp.expect_kind(PUBREC).await;
+                tcp.send(&pubrel(3)).await;
+                tcp.expect_kind(PUBCOMP).await;
+            }
+            _ => {}
+        }
+        let p = ws_packets(&mut ws, &mut buf, 1).await.remove(0).publish();
+        assert_eq!(
+            (p.topic.as_str(), p.payload.clone(), p.qos),
+            ("ws/in", vec![qos], qos)
+        );
+        match qos {
+            1 => ws
+                .send(Message::Binary(puback(p.pid.unwrap()).into()))
+                .await
+                .unwrap(),
+            2 => {
+                ws.send(Message::Binary(pubrec(p.pid.unwrap()).into()))
+                    .await
+                    .unwrap();
+                assert_eq!(ws_packets(&mut ws, &mut buf, 1).await[0].header, 0x62);
+                ws.send(Message::Binary(pubcomp(p.pid.unwrap()).into()))
+                    .await
+                    .unwrap();
+            }
+            _ => {}
+        }
+    }
+    // WebSocket -> TCP, retained: a later TCP subscriber gets it too.
+    ws.send(Message::Binary(
+        publish("tcp/out", b"from ws", 1, true, false, 9).into(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(ws_packets(&mut ws, &mut buf, 1).await[0].kind(), PUBACK);
+    let m = tcp.recv_publish_ack().await;
+    assert_eq!(
+        (m.topic.as_str(), &m.payload[..]),
+        ("tcp/out", &b"from ws"[..])
+    );
+    let mut late = Raw::client(b.addr, "late").await;
+    late.send(&subscribe(1, &[("tcp/out", 0)])).await;
+    late.expect_kind(SUBACK).await;
+    assert!(late.recv_publish().await.retain);
+    // DISCONNECT over the WebSocket: the broker closes it.
+    ws.send(Message::Binary(disconnect().into())).await.unwrap();
+    let end = tokio::time::timeout(TIMEOUT, async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the WebSocket stays open after DISCONNECT");
+}
+
+/// A text frame closes the connection [MQTT-6.0.0-1]; so does an unmasked frame (RFC 6455
+/// 5.1); ping is answered with pong.
+#[tokio::test]
+async fn text_frames_close_and_pings_are_answered() {
+    let (_b, ws_addr) = ws_broker("").await;
+    let mut ws = ws_connect(ws_addr, "/", Some("mqtt")).await;
+    ws.send(Message::Ping(b"hi".to_vec().into())).await.unwrap();
+    let pong = tokio::time::timeout(TIMEOUT, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(pong, Message::Pong(b"hi".to_vec().into()));
+    ws.send(Message::Text("CONNECT".into())).await.unwrap();
+    let closed = tokio::time::timeout(TIMEOUT, async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a text frame did not close the connection");
+}
+
+/// Raw upgrade, then hand-made frames.
+async fn raw_upgraded(addr: std::net::SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n").await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tokio::time::timeout(TIMEOUT, s.read_exact(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8(head).unwrap();
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    assert!(
+        text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        "{text}"
+    );
+    s
+}
+
+/// A frame header announcing 256 MiB closes the connection at once (nothing that size is
+/// buffered), and the broker goes on serving.
+#[tokio::test]
+async fn an_oversize_frame_closes_without_being_buffered() {
+    let (b, ws_addr) = ws_broker("").await;
+    let mut s = raw_upgraded(ws_addr).await;
+    let mut frame = vec![0x82, 0x80 | 127];
+    frame.extend((256u64 << 20).to_be_bytes());
+    frame.extend([1, 2, 3, 4]);
+    s.write_all(&frame).await.unwrap();
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(TIMEOUT, s.read_to_end(&mut rest)).await;
+    assert!(r.is_ok(), "not closed");
+    // A close frame with 1009 (message too big) before the end.
+    assert!(rest.starts_with(&[0x88, 2, 0x03, 0xF1]), "{rest:02x?}");
+    let mut c = Raw::client(b.addr, "still-serving").await;
+    c.send(&pingreq()).await;
+    c.expect_kind(PINGRESP).await;
+}
+
+/// A plain HTTP request gets an HTTP error (426) at once, not a hang; a request offering only
+/// other subprotocols gets 400; a request for another path than the listener's gets 404.
+#[tokio::test]
+async fn bad_upgrade_requests_get_http_errors() {
+    let (_b, ws_addr) = ws_broker("path = \"/mqtt\"").await;
+    let ask = |req: &'static str| async move {
+        let mut s = TcpStream::connect(ws_addr).await.unwrap();
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(TIMEOUT, s.read_to_end(&mut got))
+            .await
+            .expect("no answer")
+            .unwrap();
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    let plain = ask("GET /mqtt HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(plain.starts_with("HTTP/1.1 426"), "{plain}");
+    let chat = ask("GET /mqtt HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat\r\n\r\n").await;
+    assert!(chat.starts_with("HTTP/1.1 400"), "{chat}");
+    let path = ask("GET /other HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n").await;
+    assert!(path.starts_with("HTTP/1.1 404"), "{path}");
+    // An MQTT client on the WebSocket port is closed at once.
+    let mut s = TcpStream::connect(ws_addr).await.unwrap();
+    s.write_all(&Connect::new("wrong-port").bytes())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+    assert!(r.is_ok() && got.is_empty(), "{got:02x?}");
+}
+
+/// mosquitto_sub on TCP receives what a WebSocket client published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_sub_on_tcp_receives_from_a_websocket_client() {
+    if !interop_binaries(&["mosquitto_sub"]) {
+        return;
+    }
+    let (b, ws_addr) = ws_broker("").await;
+    let port = b.port().to_string();
+    let sub = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-t",
+                "ws/+/x",
+                "-C",
+                "1",
+                "-W",
+                "10",
+                "-q",
+                "1",
+            ])
+            .output()
+            .unwrap()
+    });
+    // Publish until the subscriber (whose SUBSCRIBE we cannot see) has it: retained makes
+    // one publish enough whenever it subscribes.
+    let mut ws = ws_connect(ws_addr, "/", Some("mqtt")).await;
+    ws.send(Message::Binary(Connect::new("ws-pub").bytes().into()))
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    ws_packets(&mut ws, &mut buf, 1).await;
+    ws.send(Message::Binary(
+        publish("ws/1/x", b"hello tcp", 1, true, false, 1).into(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(ws_packets(&mut ws, &mut buf, 1).await[0].kind(), PUBACK);
+    let out = tokio::time::timeout(Duration::from_secs(15), sub)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello tcp");
+}
