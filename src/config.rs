@@ -347,6 +347,13 @@ pub fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
             ));
         }
         (_, Some(allowed)) => msg.push_str(&allowed),
+        (Some((key, value)), None) if raw.starts_with("wanted string or table") => {
+            msg.push_str(&format!(
+                "`{} = {}`: must be a string in double quotes",
+                key.trim(),
+                value.trim()
+            ));
+        }
         (None, None) if looks_like_mosquitto_conf(text) => {
             msg.push_str(&format!("`{line}` is not TOML"));
         }
@@ -369,6 +376,11 @@ fn friendly_expectation(raw: &str) -> Option<String> {
         "u64" | "usize" => range("18446744073709551615"),
         "a boolean" => "must be true or false".to_string(),
         "a string" => "must be a string in double quotes".to_string(),
+        "path string" => "must be a path in double quotes".to_string(),
+        "a sequence" if raw.contains("map") => {
+            "must be a list of tables: write `[[listener]]` (two brackets), one per listener"
+                .to_string()
+        }
         e if raw.starts_with("unknown variant") => {
             let values: Vec<&str> = e.split('`').skip(1).step_by(2).collect();
             if values.is_empty() {

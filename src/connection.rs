@@ -50,6 +50,9 @@ const READ_CHUNK: usize = 1024;
 const READ_CHUNK_MAX: usize = 16 * 1024;
 /// Stop pulling queued deliveries into the write buffer above this many bytes.
 const WRITE_HIGH_WATER: usize = 512 * 1024;
+/// While paused by backpressure, input is still read up to this many buffered bytes (to find
+/// acknowledgements behind waiting PUBLISHes).
+const PAUSED_READ: usize = 64 * 1024;
 /// Stop reading from a client whose acks we cannot write (it does not read) above this.
 const WRITE_LIMIT: usize = 1024 * 1024;
 
@@ -84,6 +87,21 @@ pub enum CloseReason {
     TooManyLevels { levels: usize, limit: usize },
     #[error("panicked (a bug, counted in roostd_panics_total): {0}")]
     Panic(String),
+}
+
+/// Length of the complete frame at the start of `b` (fixed header + remaining length), if
+/// it is all there and its length field is well-formed.
+fn frame_len(b: &[u8]) -> Option<usize> {
+    let mut len = 0usize;
+    for i in 0..4 {
+        let byte = *b.get(1 + i)?;
+        len |= ((byte & 0x7F) as usize) << (7 * i);
+        if byte & 0x80 == 0 {
+            let total = 2 + i + len;
+            return (b.len() >= total).then_some(total);
+        }
+    }
+    None
 }
 
 /// Number of levels of a topic name or filter.
@@ -333,6 +351,7 @@ where
         Attachment {
             conn_id,
             username: username.clone(),
+            keepalive_ms: (connect.keep_alive as u64 * 1500).min(u32::MAX as u64) as u32,
         },
     ) {
         Ok(a) => a,
@@ -380,12 +399,9 @@ where
         _permit: permit,
     };
     // A persistent session back after a restart: its messages come from disk first.
-    conn.session
-        .keepalive_ms
-        .store(conn.keepalive_ms() as u32, Relaxed);
-    conn.note_activity();
     conn.router.watch_keepalive(&conn.session, conn_id);
     PENDING.with_borrow_mut(|pending| {
+        pending.clear();
         // [MQTT-4.4.0-1] re-send unacknowledged messages, in order, before anything new.
         conn.session.state.lock().resend_inflight(pending);
         conn.encode(pending);
@@ -716,7 +732,10 @@ impl<S: Transport> Connection<S> {
                 progress = true;
             }
             progress |= self.release_acks(cx);
-            progress |= self.poll_load(cx);
+            match self.poll_load(cx) {
+                Ok(loaded) => progress |= loaded,
+                Err(reason) => return Poll::Ready(reason),
+            }
             if let Some(s) = &self.congested {
                 let mut st = s.state.lock();
                 if st.is_congested(self.router.limits()) {
@@ -775,8 +794,11 @@ impl<S: Transport> Connection<S> {
                     Poll::Pending => {}
                 }
             }
+            // While paused, a little more is read (up to PAUSED_READ), so that the
+            // acknowledgements behind the waiting PUBLISHes get through.
+            let paused = self.congested.is_some() || self.storage_paused;
             let may_read =
-                self.out.len() < WRITE_LIMIT && self.congested.is_none() && !self.storage_paused;
+                self.out.len() < WRITE_LIMIT && (!paused || self.inbuf.len() < PAUSED_READ);
             match self.poll_ready_to_read(cx, may_read) {
                 Poll::Ready(Err(e)) => return Poll::Ready(CloseReason::Io(e)),
                 Poll::Pending => {}
@@ -891,6 +913,9 @@ impl<S: Transport> Connection<S> {
             }
             other => info!("Client {client_id} disconnected: {other}."),
         }
+        // Detached first: whatever happens while the will is routed, the session is not left
+        // attached to a connection that is gone.
+        self.router.disconnect(&self.session, self.conn_id);
         if reason.publishes_will() {
             if let Some(will) = self.will.take() {
                 stats.wills_published.fetch_add(1, Relaxed);
@@ -904,7 +929,6 @@ impl<S: Transport> Connection<S> {
                 });
             }
         }
-        self.router.disconnect(&self.session, self.conn_id);
         if !matches!(reason, CloseReason::Io(_)) {
             // Best effort: flush what is buffered (e.g. a final ack) and close cleanly.
             let taken_over = matches!(reason, CloseReason::TakenOver);
@@ -973,16 +997,65 @@ impl<S: Transport> Connection<S> {
         result
     }
 
+    /// While reading is paused: takes the complete PUBACK, PUBREC, PUBCOMP and PINGREQ
+    /// frames out of the buffered input (wherever they are) and handles them; everything else
+    /// stays, in order. Acknowledgements of our deliveries and pings do not depend on the
+    /// client's own PUBLISHes before them, so handling them first reorders nothing that
+    /// matters; PUBREL and DISCONNECT stay in their place.
+    fn handle_acks_behind(&mut self, limit: usize) -> Result<(), CloseReason> {
+        let mut at = 0;
+        let mut kept: Option<BytesMut> = None;
+        let mut taken = Vec::new();
+        while at < self.inbuf.len() {
+            let Some(len) = frame_len(&self.inbuf[at..]) else {
+                break; // incomplete (or malformed: the normal decode reports it later)
+            };
+            let kind = self.inbuf[at] >> 4;
+            if matches!(kind, 4 | 5 | 7 | 12) {
+                let keep = kept.get_or_insert_with(|| BytesMut::with_capacity(self.inbuf.len()));
+                // Bytes before this frame since the last one taken stay.
+                let start = taken.last().map_or(0, |&(s, l): &(usize, usize)| s + l);
+                keep.extend_from_slice(&self.inbuf[start..at]);
+                taken.push((at, len));
+            }
+            at += len;
+        }
+        let Some(mut keep) = kept else {
+            return Ok(());
+        };
+        let end = taken.last().map_or(0, |&(s, l)| s + l);
+        keep.extend_from_slice(&self.inbuf[end..]);
+        let frames: Vec<BytesMut> = taken
+            .iter()
+            .map(|&(s, l)| BytesMut::from(&self.inbuf[s..s + l]))
+            .collect();
+        self.inbuf = keep;
+        for mut frame in frames {
+            if let Some(p) = decode(&mut frame, limit)? {
+                self.handle(p)?;
+            }
+        }
+        Ok(())
+    }
+
     fn process_frames(&mut self) -> Result<u64, CloseReason> {
         let limit = self.config.message_size_limit;
         let mut received = [0u64; 3];
+        let mut decoded = false;
         let result = loop {
             if self.congested.is_some() || self.storage_paused {
-                // Paused (a full subscriber queue, or the disk behind): leave the rest buffered.
+                // Paused (a full subscriber queue, or the disk behind): PUBLISH, SUBSCRIBE
+                // and UNSUBSCRIBE wait in the buffer; acknowledgements and pings behind them
+                // are handled now. Two clients publishing to each other would otherwise wait
+                // on each other's unread PUBACKs until the backpressure timeout.
+                if let Err(e) = self.handle_acks_behind(limit) {
+                    break Err(e);
+                }
                 break Ok(());
             }
             match decode(&mut self.inbuf, limit) {
                 Ok(Some(p)) => {
+                    decoded = true;
                     if let Packet::Publish { publication, .. } = &p {
                         received[publication.qos as usize] += 1;
                     }
@@ -994,7 +1067,11 @@ impl<S: Transport> Connection<S> {
                 Err(e) => break Err(CloseReason::from(e)),
             }
         };
-        self.note_activity();
+        // [MQTT-3.1.2-24] only a complete control packet counts as activity: a client
+        // trickling one byte at a time does not keep its connection alive.
+        if decoded {
+            self.note_activity();
+        }
         let stats = &self.router.metrics().stats;
         for (q, n) in received.iter().enumerate() {
             if *n > 0 {
@@ -1019,6 +1096,8 @@ impl<S: Transport> Connection<S> {
     /// Also leaves `waker` in the session, under the same lock.
     fn take_deliveries(&mut self, waker: &Waker) {
         PENDING.with_borrow_mut(|pending| {
+            // Nothing left behind by a connection whose poll panicked on this thread.
+            pending.clear();
             let mut st = self.session.state.lock();
             if self.session.attached_conn.load(Acquire) != self.conn_id {
                 // Taken over: the slot belongs to the new connection (the caller closes).
@@ -1086,30 +1165,35 @@ impl<S: Transport> Connection<S> {
     /// Takes a finished chunk load into the session (if this connection still owns it; a
     /// load of a connection that was taken over is dropped and the new one loads again).
     /// True if one finished.
-    fn poll_load(&mut self, cx: &mut TaskContext<'_>) -> bool {
+    fn poll_load(&mut self, cx: &mut TaskContext<'_>) -> Result<bool, CloseReason> {
         let Some(handle) = self.held.as_mut().and_then(|h| h.loading.as_mut()) else {
-            return false;
+            return Ok(false);
         };
         let Poll::Ready(result) = Pin::new(handle).poll(cx) else {
-            return false;
+            return Ok(false);
         };
         if let Some(h) = &mut self.held {
             h.loading = None;
         }
-        let chunk = match result {
-            Ok(Ok(chunk)) => chunk,
-            Ok(Err(e)) => {
-                // The load stays marked as this connection's: no retry loop; the messages
-                // stay on disk for the next connection.
-                tracing::error!("Loading stored messages of {}: {e}", self.session.client_id);
-                return true;
-            }
+        let failure = match result {
+            Ok(Ok(chunk)) => Ok(chunk),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let chunk = match failure {
+            Ok(chunk) => chunk,
             Err(e) => {
+                // Nothing more could reach this client while its queue is on disk: close, so
+                // that it reconnects and its next connection loads again (nothing is lost:
+                // the messages stay on disk).
                 tracing::error!("Loading stored messages of {}: {e}", self.session.client_id);
-                return true;
+                return Err(CloseReason::Refused(
+                    "its stored messages could not be read; closing so that it reconnects",
+                ));
             }
         };
         PENDING.with_borrow_mut(|pending| {
+            pending.clear();
             let n = chunk.messages.len();
             let taken = {
                 let mut st = self.session.state.lock();
@@ -1124,7 +1208,7 @@ impl<S: Transport> Connection<S> {
             }
             self.encode(pending);
         });
-        true
+        Ok(true)
     }
 
     /// Encodes (and empties) deliveries taken from the session into the write buffer.

@@ -233,6 +233,9 @@ fn run() -> anyhow::Result<()> {
         .with_ansi(roostd::logging::colour())
         .log_internal_errors(false)
         .init();
+    // A panic (a bug; connection tasks catch theirs) is reported through the log queue, not
+    // written to stderr by the default hook, which would block a worker on a full pipe.
+    std::panic::set_hook(Box::new(|info| tracing::error!("panic: {info}")));
 
     let mut config = match &cli.config {
         Some(path) => {

@@ -209,6 +209,10 @@ impl Router {
             st.username = attach.username.clone();
             st.newest_conn = attach.conn_id;
             session
+                .keepalive_ms
+                .store(attach.keepalive_ms, Ordering::Relaxed);
+            session.activity.store(self.now_ms(), Ordering::Relaxed);
+            session
                 .attached_conn
                 .store(attach.conn_id, Ordering::Release);
             st.attached = Some(attach);
@@ -255,6 +259,10 @@ impl Router {
                 } else {
                     st.username = attach.username.clone();
                     st.newest_conn = attach.conn_id;
+                    // Under the session lock: the connection taken over cannot overwrite these.
+                    old.keepalive_ms
+                        .store(attach.keepalive_ms, Ordering::Relaxed);
+                    old.activity.store(self.now_ms(), Ordering::Relaxed);
                     old.attached_conn.store(attach.conn_id, Ordering::Release);
                     st.attached = Some(attach);
                     st.disconnected_at = None;
@@ -372,6 +380,7 @@ impl Router {
             return;
         };
         let granted = feed.qos;
+        let since = feed.since;
         let mut chunk = Vec::new();
         let more = self.retained.read().matching_after(
             &feed.filter,
@@ -390,6 +399,9 @@ impl Router {
         }
         let acl = self.auth.acl();
         for msg in chunk {
+            if msg.received_at > since {
+                continue; // published after the SUBSCRIBE: delivered live already
+            }
             if let Some(acl) = &acl {
                 let topic = std::str::from_utf8(&msg.topic).unwrap_or_default();
                 if !acl.check_read(&session.client_id, st.username.as_deref(), topic) {
@@ -704,6 +716,7 @@ mod tests {
                 Attachment {
                     conn_id,
                     username: None,
+                    keepalive_ms: 0,
                 },
             )
             .expect("newest");
@@ -769,5 +782,38 @@ mod tests {
             quiet.swept.load(Ordering::Relaxed),
             "asked to look at its silence"
         );
+    }
+
+    /// A retained message published after the SUBSCRIBE reached the client live; the feed
+    /// does not send it again (review of issue 11).
+    #[test]
+    fn the_retained_feed_skips_what_was_published_after_the_subscribe() {
+        let r = router();
+        let msg = |t: &str| {
+            Arc::new(Publication {
+                topic: bytes::Bytes::copy_from_slice(t.as_bytes()),
+                payload: bytes::Bytes::from_static(b"x"),
+                qos: QoS::AtMostOnce,
+                retain: true,
+                received_at: std::time::Instant::now(),
+            })
+        };
+        let mut m = Vec::new();
+        r.publish(msg("f/old"), &mut m, None);
+        let s = Session::new(1, Arc::from("feed"), true, None);
+        let mut st = s.state.lock();
+        st.add_retained_feed("f/#", QoS::AtMostOnce);
+        drop(st);
+        r.publish(msg("f/new"), &mut m, None);
+        let mut st = s.state.lock();
+        while st.retained_feeds.is_some() {
+            r.feed_retained(&s, &mut st);
+        }
+        let topics: Vec<String> = st
+            .queue
+            .iter()
+            .map(|q| q.msg.topic_lossy().into_owned())
+            .collect();
+        assert_eq!(topics, vec!["f/old".to_string()]);
     }
 }

@@ -162,6 +162,9 @@ pub struct Attachment {
     pub conn_id: u64,
     /// The connection's user name (after authentication), for ACL checks.
     pub username: Option<Arc<str>>,
+    /// 1.5 x the client's keepalive in ms (0: none), stored in the session under its lock
+    /// when attaching, so a connection being taken over cannot overwrite its successor's.
+    pub keepalive_ms: u32,
 }
 
 /// A message waiting for delivery.
@@ -295,6 +298,9 @@ pub struct RetainedFeed {
     pub qos: QoS,
     /// Topic of the last message fed (the walk resumes after it); None: not started.
     pub after: Option<bytes::Bytes>,
+    /// When the subscription was made: a retained message published since then reached the
+    /// client live already and is not fed again.
+    pub since: std::time::Instant,
 }
 
 /// Retained messages fed into a queue per turn.
@@ -585,7 +591,7 @@ impl SessionState {
 
     pub fn is_congested(&self, limits: &SessionLimits) -> bool {
         self.attached.is_some()
-            && self.queued_qos12() >= limits.max_queued_messages
+            && self.queued_qos12() + self.on_disk_count() >= limits.max_queued_messages
             && self
                 .congested_since
                 .is_some_and(|t| t.elapsed() < limits.backpressure)
@@ -610,7 +616,15 @@ impl SessionState {
         if !online && item.qos == QoS::AtMostOnce && !limits.queue_qos0 {
             return Err(self.note_drop(DropReason::Qos0Offline));
         }
-        if let Some((count, bytes)) = self.on_disk.as_deref().map(|d| (d.count, d.bytes)) {
+        // QoS 0 for a connected client is never stored: it takes the queue in memory (its own
+        // QoS 0 bounds) even while older messages are still on disk.
+        let stored_qos0 = item.qos == QoS::AtMostOnce && online;
+        if let Some((count, bytes)) = self
+            .on_disk
+            .as_deref()
+            .filter(|_| !stored_qos0)
+            .map(|d| (d.count, d.bytes))
+        {
             // After a restart, until the client has taken what is stored: append to disk,
             // not to memory (order), bounded like the queue in memory (a connected client
             // draining it gets the backpressure margin: twice the limits).
@@ -630,10 +644,17 @@ impl SessionState {
                 d.bytes += size;
                 d.appends += 1;
             }
+            // A connected client draining its stored queue holds its publishers back like a
+            // full queue in memory does (up to twice the limit, then drops).
+            let congested =
+                online && !limits.backpressure.is_zero() && count + 1 >= limits.max_queued_messages;
+            if congested {
+                self.congested_since.get_or_insert_with(Instant::now);
+            }
             return Ok(Enqueued {
                 // The connection loads it (it may be waiting for nothing else).
                 wake: if wake { self.waker.take() } else { None },
-                congested: false,
+                congested,
             });
         }
         let size = item.msg.size();
@@ -865,6 +886,7 @@ impl SessionState {
             filter: filter.into(),
             qos,
             after: None,
+            since: std::time::Instant::now(),
         });
     }
 
@@ -882,6 +904,9 @@ impl SessionState {
     /// queue runs short (memory stays bounded however many match).
     pub fn wants_retained(&self) -> bool {
         self.retained_feeds.is_some()
+            // Not while older messages are on disk: a fed message is stored with a higher
+            // sequence number, and the chunk load would read it back (a duplicate).
+            && self.on_disk.is_none()
             && self.queue.len() < FEED_CHUNK
             && self.queued_bytes < LOAD_BYTES
     }
@@ -1115,6 +1140,7 @@ mod tests {
         s.attached = Some(Attachment {
             conn_id: 1,
             username: None,
+            keepalive_ms: 0,
         });
     }
 
@@ -1423,5 +1449,45 @@ mod tests {
         d.add(DropReason::QueueFull);
         assert_eq!(d.take_warning(), None, "within the interval");
         assert_eq!(d.total(), 3);
+    }
+
+    /// Review of issue 11: while a connected session's queue is still on disk, QoS 0 takes
+    /// the queue in memory (it was counted as stored and lost), retained feeds wait (a fed
+    /// message would be read back from disk: a duplicate), and a full stored queue holds
+    /// publishers back like a full queue in memory.
+    #[test]
+    fn on_disk_mode_keeps_qos0_in_memory_defers_feeds_and_applies_backpressure() {
+        let mut s = SessionState::new(false);
+        attach(&mut s);
+        s.on_disk = Some(Box::new(OnDisk {
+            count: 2,
+            bytes: 10,
+            ..OnDisk::default()
+        }));
+        let lim = SessionLimits {
+            backpressure: std::time::Duration::from_secs(5),
+            ..limits()
+        };
+        assert!(s.enqueue(item(QoS::AtMostOnce), &lim).is_ok());
+        assert_eq!(
+            (s.queue.len(), s.on_disk_count()),
+            (1, 2),
+            "QoS 0 in memory"
+        );
+        s.add_retained_feed("r/#", QoS::AtLeastOnce);
+        assert!(!s.wants_retained(), "no feed while the queue is on disk");
+        // No store here, so persist() keeps nothing; the count is what matters.
+        let e = s.enqueue(item(QoS::AtLeastOnce), &lim).unwrap();
+        assert!(
+            e.congested,
+            "3 stored of max_queued_messages 3: publishers pause"
+        );
+        assert!(s.is_congested(&lim));
+        s.on_disk = None;
+        s.queue.clear();
+        s.queued_bytes = 0;
+        s.queued_qos0 = 0;
+        s.queued_bytes_qos0 = 0;
+        assert!(s.wants_retained());
     }
 }

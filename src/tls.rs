@@ -291,10 +291,17 @@ pub async fn watch(
     tick.tick().await;
     // Remember a refused file set so it is reported once, not at every poll.
     let mut last_error: Vec<Option<String>> = vec![None; listeners.len()];
+    // Registered before the first wait and again as soon as it fires, so a SIGHUP that comes
+    // while a reload runs is not lost (`notify_waiters` only wakes registered waiters).
+    let mut hup = Box::pin(sighup.notified());
+    hup.as_mut().enable();
     loop {
         tokio::select! {
             _ = tick.tick(), if poll => {}
-            _ = sighup.notified() => {}
+            _ = &mut hup => {
+                hup = Box::pin(sighup.notified());
+                hup.as_mut().enable();
+            }
             _ = shutdown.cancelled() => return,
         }
         for (l, last) in listeners.iter().zip(last_error.iter_mut()) {

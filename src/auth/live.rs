@@ -106,6 +106,16 @@ fn reload_one<T>(
     if slot.read().as_ref().is_some_and(|w| w.contents == contents) {
         return Ok(());
     }
+    // An editor or tool that empties a file before writing it: read in between, it would
+    // lock every user out (or deny everything). Kept as it was until it has content again.
+    let blank = |c: &[u8]| c.iter().all(u8::is_ascii_whitespace);
+    if blank(&contents) && slot.read().as_ref().is_some_and(|w| !blank(&w.contents)) {
+        return Err(AuthError::parse(
+            &path.display().to_string(),
+            0,
+            format!("the {what} became empty (being rewritten?); the previous rules stay"),
+        ));
+    }
     let fresh = load_watched(&path, parse)?;
     *slot.write() = Some(fresh);
     info!(
@@ -146,10 +156,18 @@ pub async fn watch(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     let mut last_errors: Vec<String> = Vec::new();
+    // Registered before the first wait and again as soon as it fires, so a SIGHUP that comes
+    // while a reload runs is not lost (`notify_waiters` only wakes registered waiters).
+    let mut hup = Box::pin(sighup.notified());
+    hup.as_mut().enable();
     loop {
         let forced = tokio::select! {
             _ = tick.tick(), if poll => false,
-            _ = sighup.notified() => true,
+            _ = &mut hup => {
+                hup = Box::pin(sighup.notified());
+                hup.as_mut().enable();
+                true
+            }
             _ = shutdown.cancelled() => return,
         };
         let errors: Vec<String> = state.reload().iter().map(|e| e.to_string()).collect();

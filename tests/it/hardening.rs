@@ -585,3 +585,21 @@ async fn a_stored_queue_is_loaded_a_chunk_at_a_time() {
     b.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// [MQTT-3.1.2-24] Only complete control packets count: a client trickling single bytes of a
+/// packet (0xC0, and never the rest of the PINGREQ) is closed 1.5 x keepalive after its last
+/// complete packet, not kept alive by the bytes (review of issue 11; paused time).
+#[tokio::test(start_paused = true)]
+async fn a_byte_trickle_does_not_defeat_keepalive() {
+    let b = start_broker("").await;
+    let (mut c, _) = Raw::connect_ok(b.addr, &Connect::new("trickle").keepalive(2)).await;
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    c.send(&[0xC0]).await;
+    c.expect_closed_within(Duration::from_secs(60)).await;
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed <= Duration::from_millis(3500),
+        "kept alive by a partial packet: closed after {elapsed:?}"
+    );
+}

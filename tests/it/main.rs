@@ -17,6 +17,8 @@ mod will;
 
 mod auth;
 mod backpressure;
+mod cli;
+mod fuzz;
 mod hardening;
 mod model;
 mod observability;
