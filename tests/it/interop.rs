@@ -26,12 +26,14 @@ fn have_mosquitto_clients() -> bool {
 }
 
 /// The binaries the interop tests run, and the Debian packages that have them.
-const INTEROP_TOOLS: [(&str, &str); 5] = [
+const INTEROP_TOOLS: [(&str, &str); 7] = [
     ("mosquitto_pub", "mosquitto-clients"),
     ("mosquitto_sub", "mosquitto-clients"),
     ("mosquitto", "mosquitto"),
     ("mosquitto_passwd", "mosquitto"),
     ("prometheus", "prometheus"),
+    ("chromium", "chromium"),
+    ("node", "nodejs npm"),
 ];
 
 /// A developer running `cargo test` without Mosquitto or Prometheus installed gets green
@@ -58,7 +60,7 @@ fn interop_tools_are_installed_or_skipping_is_explicit() {
     let mut packages: Vec<&str> = missing.iter().map(|(_, p)| *p).collect();
     packages.dedup();
     panic!(
-        "{} interop test(s) were skipped because {} not on PATH: install them with `sudo apt-get install {}`, or set ROOSTD_SKIP_INTEROP=1 to skip them knowingly",
+        "{} interop test(s) were skipped because {} not on PATH: install them with `sudo apt-get install {} python3-paho-mqtt` (and `npm ci` in tests/browser), or set ROOSTD_SKIP_INTEROP=1 to skip them knowingly",
         interop_test_count(),
         missing.iter().map(|(b, _)| *b).collect::<Vec<_>>().join(", ") + if missing.len() == 1 { " is" } else { " are" },
         packages.join(" ")
@@ -75,6 +77,7 @@ fn interop_test_count() -> usize {
             include_str!("auth.rs"),
             include_str!("observability.rs"),
             include_str!("tls.rs"),
+            include_str!("websocket.rs"),
         ]
         .iter()
         .map(|t| uses(t, "if !interop_binaries("))
@@ -83,6 +86,8 @@ fn interop_test_count() -> usize {
             include_str!("../../src/auth/password.rs"),
             "println!(\"skipped:",
         )
+        // The paho test checks for Debian's python3 with paho itself.
+        + uses(include_str!("websocket.rs"), "skipped: /usr/bin/python3")
 }
 
 fn base(bin: &str, b: &TestBroker, args: &[&str]) -> Command {

@@ -16,6 +16,12 @@ use crate::common::*;
 
 /// A broker with a plain MQTT listener (first address) and a WebSocket one (second).
 async fn ws_broker(extra_listener: &str) -> (TestBroker, std::net::SocketAddr) {
+    let (b, addrs) = ws_broker_all(extra_listener).await;
+    (b, addrs[1])
+}
+
+/// The same, with every listener's address (more listeners can follow in `extra_listener`).
+async fn ws_broker_all(extra_listener: &str) -> (TestBroker, Vec<std::net::SocketAddr>) {
     let toml = config_toml("")
         + &format!(
             "[[listener]]\nport = 0\nbind_address = \"127.0.0.1\"\nprotocol = \"websockets\"\n{extra_listener}\n"
@@ -31,7 +37,7 @@ async fn ws_broker(extra_listener: &str) -> (TestBroker, std::net::SocketAddr) {
             shutdown,
             handle: Some(handle),
         },
-        addrs[1],
+        addrs,
     )
 }
 
@@ -346,4 +352,194 @@ async fn mosquitto_sub_on_tcp_receives_from_a_websocket_client() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello tcp");
+}
+
+/// A real browser: Debian's Chromium, driven by puppeteer-core (tests/browser/run.mjs),
+/// loads MQTT.js and connects over ws and over wss (a test CA). On each it subscribes,
+/// publishes a message of its own and receives it, and receives one that mosquitto_pub sent
+/// over TCP once the page said it was subscribed. The test asserts on what the page saw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_with_mqtt_js_talks_over_ws_and_wss() {
+    let browser_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    if !interop_binaries(&["chromium", "node", "mosquitto_pub"]) {
+        return;
+    }
+    if !browser_dir.join("node_modules/puppeteer-core").is_dir() {
+        if std::env::var("ROOSTD_REQUIRE_INTEROP").as_deref() == Ok("1") {
+            panic!("tests/browser/node_modules missing: run `npm ci` in tests/browser");
+        }
+        println!("skipped: run `npm ci` in tests/browser");
+        return;
+    }
+    // A CA and a server certificate for 127.0.0.1, as PEM files.
+    let dir = std::env::temp_dir().join(format!("roostd-browser-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params
+        .subject_alt_names
+        .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+    let (b, addrs) = ws_broker_all(&format!(
+        "[[listener]]\nport = 0\nbind_address = \"127.0.0.1\"\nprotocol = \"websockets\"\ncertfile = {:?}\nkeyfile = {:?}\n",
+        dir.join("server.pem"),
+        dir.join("server.key")
+    ))
+    .await;
+    let urls = [
+        format!("ws://{}/", addrs[1]),
+        format!("wss://{}/mqtt", addrs[2]),
+    ];
+    // When the page says it is subscribed, mosquitto_pub sends it a message over TCP.
+    let mut watcher = Raw::client(b.addr, "browser-watcher").await;
+    watcher.send(&subscribe(1, &[("browser/+/ready", 0)])).await;
+    watcher.expect_kind(SUBACK).await;
+    let port = b.port().to_string();
+    let publisher = tokio::spawn(async move {
+        for _ in 0..2 {
+            let ready = watcher.recv_publish_within(Duration::from_secs(60)).await;
+            let n = ready.topic.split('/').nth(1).unwrap().to_string();
+            let port = port.clone();
+            let out = tokio::task::spawn_blocking(move || {
+                std::process::Command::new("mosquitto_pub")
+                    .args(["-h", "127.0.0.1", "-p", &port, "-q", "1"])
+                    .args([
+                        "-t",
+                        &format!("browser/{n}/from-tcp"),
+                        "-m",
+                        "from mosquitto_pub",
+                    ])
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap();
+            assert!(out.status.success(), "{out:?}");
+        }
+    });
+    let chromium = std::env::var_os("PATH")
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("chromium"))
+                .find(|c| c.is_file())
+        })
+        .expect("chromium on PATH");
+    let mut node = std::process::Command::new("node");
+    node.arg(browser_dir.join("run.mjs"))
+        .arg("--chromium")
+        .arg(&chromium)
+        .current_dir(&browser_dir);
+    for u in &urls {
+        node.args(["--url", u]);
+    }
+    let out = tokio::time::timeout(
+        Duration::from_secs(90),
+        tokio::task::spawn_blocking(move || node.output().unwrap()),
+    )
+    .await
+    .expect("the browser run did not end")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "browser run failed: {stdout}\n{stderr}"
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout.trim().lines().last().unwrap())
+        .unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    for (n, url) in urls.iter().enumerate() {
+        let seen = &report["results"][n]["seen"];
+        assert_eq!(report["results"][n]["url"], url.as_str());
+        let has = |topic: &str, payload: &str| {
+            seen.as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["topic"] == topic && m["payload"] == payload && m["qos"] == 1)
+        };
+        assert!(
+            has(&format!("browser/{n}/own"), "own message"),
+            "{url}: {seen}"
+        );
+        assert!(
+            has(&format!("browser/{n}/from-tcp"), "from mosquitto_pub"),
+            "{url}: {seen}"
+        );
+    }
+    tokio::time::timeout(Duration::from_secs(10), publisher)
+        .await
+        .unwrap()
+        .unwrap();
+    b.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Python's paho-mqtt (Debian's python3-paho-mqtt) with `transport="websockets"`: connects,
+/// subscribes, publishes and receives its own message; a TCP subscriber gets it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paho_python_over_websockets() {
+    let python = std::path::Path::new("/usr/bin/python3");
+    let has_paho = python.is_file()
+        && std::process::Command::new(python)
+            .args(["-c", "import paho.mqtt.client"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !has_paho {
+        if std::env::var("ROOSTD_REQUIRE_INTEROP").as_deref() == Ok("1") {
+            panic!("/usr/bin/python3 with paho-mqtt not found (apt-get install python3-paho-mqtt)");
+        }
+        println!("skipped: /usr/bin/python3 with paho-mqtt not found");
+        return;
+    }
+    let (b, ws_addr) = ws_broker("").await;
+    let mut tcp = Raw::client(b.addr, "paho-watcher").await;
+    tcp.send(&subscribe(1, &[("paho/#", 1)])).await;
+    tcp.expect_kind(SUBACK).await;
+    let script = format!(
+        r#"
+import sys, paho.mqtt.client as mqtt
+got = []
+def on_connect(c, u, f, rc):
+    if rc != 0: sys.exit("CONNACK %d" % rc)
+    c.subscribe("paho/#", qos=1)
+def on_subscribe(c, u, mid, granted):
+    c.publish("paho/own", "from paho", qos=1)
+def on_message(c, u, m):
+    print(m.topic, m.payload.decode(), m.qos, flush=True)
+    c.disconnect()
+c = mqtt.Client(client_id="paho-ws", transport="websockets", protocol=mqtt.MQTTv311)
+c.ws_set_options(path="/mqtt")
+c.on_connect, c.on_subscribe, c.on_message = on_connect, on_subscribe, on_message
+c.connect("127.0.0.1", {port}, keepalive=30)
+c.loop_forever(timeout=1.0)
+"#,
+        port = ws_addr.port()
+    );
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(python)
+                .args(["-c", &script])
+                .output()
+                .unwrap()
+        }),
+    )
+    .await
+    .expect("paho did not finish")
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "paho/own from paho 1"
+    );
+    let m = tcp.recv_publish_ack().await;
+    assert_eq!(
+        (m.topic.as_str(), &m.payload[..]),
+        ("paho/own", &b"from paho"[..])
+    );
 }
