@@ -237,6 +237,13 @@ fn parse_args(raw: Vec<String>) -> Result<Option<Args>, String> {
     let concurrency: usize =
         take("concurrency").map_or(Ok(64), |v| parse_num("--concurrency", &v))?;
     let threads: usize = take("threads").map_or(Ok(1), |v| parse_num("--threads", &v))?;
+    // Subscribers over MQTT-over-WebSockets to this port (publishers stay on TCP).
+    let ws_port: Option<u16> = take("ws-port")
+        .map(|v| parse_num("--ws-port", &v))
+        .transpose()?;
+    if let Some(p) = ws_port {
+        let _ = WS_ADDR.set(SocketAddr::new(ip, p));
+    }
     if let Some(unknown) = flags.keys().next() {
         return Err(format!("unknown option --{unknown}"));
     }
@@ -353,6 +360,114 @@ fn fixed_header(buf: &[u8]) -> Result<Option<(u8, usize, usize)>, String> {
 struct Conn {
     stream: TcpStream,
     rbuf: BytesMut,
+    /// Set for a WebSocket connection: frames are taken apart into `rbuf`.
+    ws: Option<WsIn>,
+}
+
+/// Subscribers connect here over WebSockets when `--ws-port` is given.
+static WS_ADDR: std::sync::OnceLock<SocketAddr> = std::sync::OnceLock::new();
+
+/// The incoming side of a WebSocket: raw bytes, and what is left of the current frame.
+#[derive(Default)]
+struct WsIn {
+    raw: BytesMut,
+    left: usize,
+}
+
+impl WsIn {
+    /// Moves the payload of the frames in `raw` (server frames: unmasked) into `out`.
+    fn unframe(&mut self, out: &mut BytesMut) -> Result<(), String> {
+        loop {
+            if self.left > 0 {
+                let n = self.left.min(self.raw.len());
+                if n == 0 {
+                    return Ok(());
+                }
+                out.extend_from_slice(&self.raw[..n]);
+                self.raw.advance(n);
+                self.left -= n;
+                continue;
+            }
+            let b = &self.raw[..];
+            if b.len() < 2 {
+                return Ok(());
+            }
+            let (len, at) = match b[1] & 0x7F {
+                126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+                127 if b.len() >= 10 => {
+                    let mut n = [0u8; 8];
+                    n.copy_from_slice(&b[2..10]);
+                    (u64::from_be_bytes(n) as usize, 10)
+                }
+                126 | 127 => return Ok(()),
+                n => (n as usize, 2),
+            };
+            match b[0] & 0x0F {
+                0x0 | 0x2 => {
+                    self.raw.advance(at);
+                    self.left = len;
+                }
+                0x8 => return Err("the broker closed the WebSocket".into()),
+                _ => {
+                    // Control frames (pong): skipped whole.
+                    if self.raw.len() < at + len {
+                        return Ok(());
+                    }
+                    self.raw.advance(at + len);
+                }
+            }
+        }
+    }
+}
+
+/// One masked binary frame holding `payload` (mask 0: XOR leaves the bytes as they are).
+fn ws_frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(payload.len() + 14);
+    f.push(0x82);
+    match payload.len() {
+        n if n < 126 => f.push(0x80 | n as u8),
+        n if n <= u16::MAX as usize => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(0x80 | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(&[0, 0, 0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
+impl Conn {
+    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match &self.ws {
+            None => self.stream.write_all(bytes).await,
+            Some(_) => self.stream.write_all(&ws_frame(bytes)).await,
+        }
+    }
+
+    /// Reads what the socket has into `rbuf` (through the WebSocket frames if one).
+    async fn read(&mut self) -> Result<usize, String> {
+        match &mut self.ws {
+            None => self
+                .stream
+                .read_buf(&mut self.rbuf)
+                .await
+                .map_err(|e| e.to_string()),
+            Some(ws) => {
+                ws.raw.reserve(64 * 1024);
+                let n = self
+                    .stream
+                    .read_buf(&mut ws.raw)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                ws.unframe(&mut self.rbuf)?;
+                Ok(n)
+            }
+        }
+    }
 }
 
 /// Reads until one whole packet is buffered; returns (first byte, body) and consumes it.
@@ -366,7 +481,7 @@ async fn read_packet(conn: &mut Conn, what: &str) -> Result<(u8, Vec<u8>), Strin
                 return Ok((b0, body));
             }
         }
-        match tokio::time::timeout_at(deadline, conn.stream.read_buf(&mut conn.rbuf)).await {
+        match tokio::time::timeout_at(deadline, conn.read()).await {
             Err(_) => return Err(format!("no {what} within {HANDSHAKE_TIMEOUT:?}")),
             Ok(Err(e)) => return Err(format!("reading {what}: {e}")),
             Ok(Ok(0)) => return Err(format!("broker closed the connection before {what}")),
@@ -375,8 +490,8 @@ async fn read_packet(conn: &mut Conn, what: &str) -> Result<(u8, Vec<u8>), Strin
     }
 }
 
-/// TCP connect + CONNECT/CONNACK.
-async fn open(addr: SocketAddr, client_id: &str) -> Result<Conn, String> {
+/// TCP connect (and the WebSocket upgrade when `ws`) + CONNECT/CONNACK.
+async fn open(addr: SocketAddr, client_id: &str, ws: bool) -> Result<Conn, String> {
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr)).await {
         Err(_) => return Err(format!("{client_id}: TCP connect to {addr} timed out")),
         Ok(Err(e)) => return Err(format!("{client_id}: TCP connect to {addr}: {e}")),
@@ -388,11 +503,33 @@ async fn open(addr: SocketAddr, client_id: &str) -> Result<Conn, String> {
     let mut conn = Conn {
         stream,
         rbuf: BytesMut::with_capacity(256),
+        ws: None,
     };
+    if ws {
+        conn.stream
+            .write_all(b"GET /mqtt HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n")
+            .await
+            .map_err(|e| format!("{client_id}: writing the upgrade: {e}"))?;
+        let mut head = BytesMut::with_capacity(512);
+        let end = loop {
+            if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let read = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.stream.read_buf(&mut head));
+            match read.await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return Err(format!("{client_id}: no WebSocket upgrade answer")),
+            }
+        };
+        if !head.starts_with(b"HTTP/1.1 101") {
+            return Err(format!("{client_id}: WebSocket upgrade refused"));
+        }
+        head.advance(end);
+        conn.ws = Some(WsIn { raw: head, left: 0 });
+    }
     let mut out = BytesMut::with_capacity(64);
     encode_connect(&mut out, client_id);
-    conn.stream
-        .write_all(&out)
+    conn.write(&out)
         .await
         .map_err(|e| format!("{client_id}: writing CONNECT: {e}"))?;
     let (b0, body) = read_packet(&mut conn, "CONNACK")
@@ -417,8 +554,7 @@ async fn open(addr: SocketAddr, client_id: &str) -> Result<Conn, String> {
 async fn subscribe(conn: &mut Conn, client_id: &str, filter: &str, qos: u8) -> Result<(), String> {
     let mut out = BytesMut::with_capacity(64);
     encode_subscribe(&mut out, 1, filter, qos);
-    conn.stream
-        .write_all(&out)
+    conn.write(&out)
         .await
         .map_err(|e| format!("{client_id}: writing SUBSCRIBE: {e}"))?;
     let (b0, body) = read_packet(conn, "SUBACK")
@@ -455,7 +591,9 @@ async fn open_many(
                 break;
             };
             set.spawn(async move {
-                let mut conn = open(addr, &client_id).await?;
+                // Subscribers over WebSockets with --ws-port.
+                let ws = filter.is_some().then(|| WS_ADDR.get().copied()).flatten();
+                let mut conn = open(ws.unwrap_or(addr), &client_id, ws.is_some()).await?;
                 if let Some(filter) = filter {
                     subscribe(&mut conn, &client_id, &filter, qos).await?;
                 }
@@ -629,7 +767,7 @@ async fn publish_loop(
     shared: &Shared,
     who: &str,
 ) -> Result<PubReport, String> {
-    let Conn { stream, rbuf } = conn;
+    let Conn { stream, rbuf, .. } = conn;
     let (reader, mut writer) = stream.into_split();
     let qos = args.qos;
     let deadline = shared.start + Duration::from_secs_f64(args.seconds);
@@ -853,10 +991,7 @@ async fn run_subscriber(
     shared: Arc<Shared>,
 ) -> Result<SubReport, String> {
     let who = format!("subscriber {index}");
-    let Conn {
-        mut stream,
-        mut rbuf,
-    } = conn;
+    let mut conn = conn;
     let n_pubs = shared.sent.len();
     let mut tracks: Vec<Track> = (0..n_pubs).map(|_| Track::default()).collect();
     let record_latency = args.scenario == Scenario::Latency;
@@ -866,19 +1001,19 @@ async fn run_subscriber(
     let mut last_progress = Instant::now();
     let hard_stop =
         shared.start + Duration::from_secs_f64(args.seconds) + args.drain + Duration::from_secs(60);
-    rbuf.reserve(READ_BUF_BYTES);
+    conn.rbuf.reserve(READ_BUF_BYTES);
     let mut received = 0u64;
     loop {
         // Parse every complete frame before reading again.
         let arrived = now_ns();
         let mut got = 0u64;
-        while let Some((b0, hlen, rem)) = fixed_header(&rbuf)? {
+        while let Some((b0, hlen, rem)) = fixed_header(&conn.rbuf)? {
             let total = hlen + rem;
-            if rbuf.len() < total {
+            if conn.rbuf.len() < total {
                 break;
             }
             if b0 >> 4 == 3 {
-                let body = &rbuf[hlen..total];
+                let body = &conn.rbuf[hlen..total];
                 let qos = (b0 >> 1) & 3;
                 let topic_len = body
                     .get(..2)
@@ -911,10 +1046,10 @@ async fn run_subscriber(
                 }
                 got += 1;
             }
-            rbuf.advance(total);
+            conn.rbuf.advance(total);
         }
         if !acks.is_empty() {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.write_all(&acks)).await {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.write(&acks)).await {
                 Err(_) => return Err(format!("{who}: the broker stopped reading PUBACKs")),
                 Ok(Err(e)) => return Err(format!("{who}: writing PUBACKs: {e}")),
                 Ok(Ok(())) => {}
@@ -952,10 +1087,10 @@ async fn run_subscriber(
                 "{who}: still receiving at the hard time limit ({received} messages)"
             ));
         }
-        if rbuf.capacity() - rbuf.len() < 64 * 1024 {
-            rbuf.reserve(READ_BUF_BYTES);
+        if conn.rbuf.capacity() - conn.rbuf.len() < 64 * 1024 {
+            conn.rbuf.reserve(READ_BUF_BYTES);
         }
-        match tokio::time::timeout(POLL, stream.read_buf(&mut rbuf)).await {
+        match tokio::time::timeout(POLL, conn.read()).await {
             Err(_) => {}
             Ok(Ok(0)) => {
                 return Err(format!(
@@ -966,7 +1101,7 @@ async fn run_subscriber(
             Ok(Err(e)) => return Err(format!("{who}: reading: {e}")),
         }
     }
-    let _ = stream.write_all(&[0xE0, 0x00]).await;
+    let _ = conn.write(&[0xE0, 0x00]).await;
     Ok(SubReport {
         tracks,
         expects: spec.expects,

@@ -600,9 +600,6 @@ impl Transport for TcpStream {
 /// rustls may hold decrypted bytes the socket's readiness does not show: always try a read.
 impl Transport for tokio_rustls::server::TlsStream<TcpStream> {}
 
-/// A WebSocket may hold payload bytes already read from the socket: always try a read.
-impl<S: Transport> Transport for crate::websocket::WsStream<S> {}
-
 /// With fsync = always: acknowledgements held until the store has committed everything issued
 /// before them (the ticket), in the order they were produced [MQTT-4.6.0-2]. Boxed in the
 /// connection, and only once an acknowledgement is held.

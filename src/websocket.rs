@@ -17,6 +17,8 @@ use bytes::{Buf, BytesMut};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
+use crate::connection::Transport;
+
 /// Longest upgrade request accepted (request line and headers).
 const MAX_REQUEST: usize = 8 * 1024;
 
@@ -401,7 +403,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
+impl<S: Transport> AsyncRead for WsStream<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -436,6 +438,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
                         return Poll::Ready(Err(e));
                     }
                 }
+                // No buffer while nothing is there to read: an idle WebSocket connection costs
+                // what a TCP one does (where the socket tells readiness).
+                if this.rbuf.is_empty() {
+                    match this.inner.poll_read_ready(cx) {
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
                 this.rbuf.reserve(READ_SIZE);
                 match tokio_util::io::poll_read_buf(Pin::new(&mut this.inner), cx, &mut this.rbuf) {
                     Poll::Ready(Ok(0)) if this.read.left > 0 || !this.rbuf.is_empty() => {
@@ -444,7 +455,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Ok(())),
                     Poll::Ready(Ok(_)) => continue,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => return Poll::Pending,
+                    Poll::Pending => {
+                        if this.rbuf.is_empty() {
+                            // The readiness was stale: give the buffer back while idle.
+                            this.rbuf = BytesMut::new();
+                        }
+                        return Poll::Pending;
+                    }
                 }
             }
             // Payload of the current data frame, unmasked into the caller's buffer.
@@ -476,6 +493,19 @@ impl<S> WsStream<S> {
         }
         self.read.mask_pos = pos;
         self.read.left -= payload.len() as u64;
+    }
+}
+
+/// Readiness passes through while nothing is buffered here, so the connection allocates its
+/// read buffer only once bytes arrive (as on TCP).
+impl<S: Transport> Transport for WsStream<S> {
+    const READINESS: bool = S::READINESS;
+
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.rbuf.is_empty() || self.control.is_some() || self.read.closed {
+            return Poll::Ready(Ok(()));
+        }
+        self.inner.poll_read_ready(cx)
     }
 }
 
