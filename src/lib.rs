@@ -30,6 +30,7 @@ pub mod keepalive;
 pub mod logging;
 pub mod message;
 pub mod metrics;
+pub mod mosquitto_conf;
 pub mod protocol;
 pub mod retained;
 pub mod router;

@@ -199,7 +199,7 @@ fn run() -> anyhow::Result<()> {
         Some(Command::ImportMosquittoConf { file }) => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
-            let converted = convert_mosquitto_conf(&text, &file.display().to_string())?;
+            let converted = roostd::mosquitto_conf::convert(&text, &file.display().to_string());
             use std::io::Write;
             let mut out = std::io::stdout();
             out.write_all(converted.toml.as_bytes())
@@ -387,13 +387,4 @@ impl Signals {
             });
         }
     }
-}
-
-// TEMPORARY until src/mosquitto_conf.rs lands.
-struct Converted {
-    toml: String,
-    warnings: usize,
-}
-fn convert_mosquitto_conf(_text: &str, _origin: &str) -> anyhow::Result<Converted> {
-    anyhow::bail!("not yet")
 }

@@ -89,7 +89,11 @@ impl Src<'_> {
 
     /// `mosquitto.conf line N: "...": note`.
     fn note(&self, note: &str) -> String {
-        format!("mosquitto.conf line {}: \"{}\": {note}", self.no, self.quoted())
+        format!(
+            "mosquitto.conf line {}: \"{}\": {note}",
+            self.no,
+            self.quoted()
+        )
     }
 }
 
@@ -258,6 +262,18 @@ impl Section {
 
     /// Sets `key`; an earlier value becomes a comment (Mosquitto uses the last one).
     fn set(&mut self, key: &'static str, value: String, line: usize, notes: Vec<String>) {
+        self.set_because(key, value, line, notes, "as Mosquitto uses the last one");
+    }
+
+    /// Sets `key`; an earlier value becomes a comment saying why it was replaced.
+    fn set_because(
+        &mut self,
+        key: &'static str,
+        value: String,
+        line: usize,
+        notes: Vec<String>,
+        because: &str,
+    ) {
         if let Some(i) = self.position(key) {
             if let Item::Key {
                 value: old,
@@ -266,7 +282,7 @@ impl Section {
             } = &self.items[i]
             {
                 self.items[i] = Item::Comment(format!(
-                    "mosquitto.conf line {old_line}: `{key} = {}` replaced by line {line}, as Mosquitto uses the last one",
+                    "mosquitto.conf line {old_line}: `{key} = {}` replaced by line {line}, {because}",
                     clip(old, QUOTE_MAX)
                 ));
             }
@@ -278,7 +294,11 @@ impl Section {
     }
 
     fn slot(&mut self, slot: Slot) {
-        if !self.items.iter().any(|i| matches!(i, Item::Slot(s) if *s == slot)) {
+        if !self
+            .items
+            .iter()
+            .any(|i| matches!(i, Item::Slot(s) if *s == slot))
+        {
             self.items.push(Item::Slot(slot));
         }
     }
@@ -292,12 +312,18 @@ struct Listener {
     /// The `listener` line as quoted in comments.
     quoted: String,
     port: u16,
+    /// The `port` line that set the default listener's port.
+    port_line: Option<usize>,
+    /// The line that made Mosquitto open its default listener.
+    created_by: Option<usize>,
+    /// The default listener was asked for (`port`, `bind_address`), not opened as a side effect.
+    explicit: bool,
     bind_address: String,
     /// Why the address was changed or what it does not cover.
     bind_note: Option<String>,
     /// Why this listener cannot be converted at all (then it is written as comments).
     skip: Option<String>,
-    /// Option lines given for it (warnings when it is skipped).
+    /// Option lines carried into it (they become warnings when it is skipped).
     option_lines: usize,
     websockets: bool,
     section: Section,
@@ -309,6 +335,9 @@ impl Listener {
             line,
             quoted,
             port: 1883,
+            port_line: None,
+            created_by: None,
+            explicit: false,
             bind_address: "0.0.0.0".into(),
             bind_note: Some(ALL_INTERFACES_NOTE.into()),
             skip: None,
@@ -390,8 +419,8 @@ impl Converter {
         }
     }
 
-    /// Mosquitto's default listener, created on first use.
-    fn default_listener(&mut self) -> usize {
+    /// Mosquitto's default listener, created on first use (by source line `line`).
+    fn default_listener(&mut self, line: usize) -> usize {
         if let Some(i) = self.default_listener {
             return i;
         }
@@ -400,15 +429,16 @@ impl Converter {
             "Mosquitto's default listener (port, bind_address and the listener options before any `listener` line)".into(),
         ));
         let i = self.listeners.len() - 1;
+        self.listeners[i].created_by = Some(line);
         self.default_listener = Some(i);
         i
     }
 
     /// The listener that per-listener options go to, created if it is the default one.
-    fn cur_listener(&mut self) -> usize {
+    fn cur_listener(&mut self, line: usize) -> usize {
         match self.cur {
             Cur::Listener(i) => i,
-            Cur::Default => self.default_listener(),
+            Cur::Default => self.default_listener(line),
         }
     }
 
@@ -466,7 +496,10 @@ impl Converter {
 
     fn listener(&mut self, s: &Src) {
         self.had_listener = true;
-        let mut tokens = s.value.split_whitespace().take_while(|t| !t.starts_with('#'));
+        let mut tokens = s
+            .value
+            .split_whitespace()
+            .take_while(|t| !t.starts_with('#'));
         let port = tokens.next().unwrap_or("");
         let address = tokens.next();
         let mut l = Listener::new(Some(s.no), s.quoted());
@@ -482,12 +515,15 @@ impl Converter {
             Err(_) => l.skip = Some(format!("`{}` is not a port (1 to 65535)", clip(port, 40))),
         }
         if let (None, Some(addr)) = (&l.skip, address) {
-            match bind_address(addr) {
+            match parse_bind(addr) {
                 Ok((a, note)) => {
                     l.bind_address = a;
                     l.bind_note = note;
                 }
-                Err(why) => l.skip = Some(why),
+                Err(why) => {
+                    l.bind_address = addr.to_string();
+                    l.skip = Some(why);
+                }
             }
         }
         self.listeners.push(l);
@@ -496,46 +532,54 @@ impl Converter {
 
     fn port(&mut self, s: &Src) {
         self.had_listener = true;
-        let i = self.default_listener();
         let port = int(s).and_then(|p| match u16::try_from(p) {
             Ok(p) if p > 0 => Ok(p),
             _ => Err(format!("{p} is not a port (1 to 65535)")),
         });
+        // A bad port must not open a default listener on 1883 (Mosquitto would not start).
         match port {
             Ok(p) => {
+                let i = self.default_listener(s.no);
                 let l = &mut self.listeners[i];
-                if l.section.get("port").is_some() || l.line.is_some() {
-                    // Not reachable: the default listener has no `listener` line.
-                }
+                l.explicit = true;
+                let replaced = l
+                    .port_line
+                    .map(|n| format!(" (replaces line {n}, as Mosquitto uses the last one)"))
+                    .unwrap_or_default();
                 l.port = p;
+                l.port_line = Some(s.no);
                 l.option_lines += 1;
-                let text = s.note(&format!(
-                    "the default listener's port{}",
-                    trailing_note(s).map(|n| format!("; {n}")).unwrap_or_default()
-                ));
+                let text = s.note(&format!("the default listener's port{replaced}"));
                 l.section.comment(text);
             }
-            Err(why) => self.not_converted(Target::Listener(i), s, &why),
+            Err(why) => {
+                let t = self.default_listener.map_or(Target::Top, Target::Listener);
+                self.not_converted(t, s, &why);
+            }
         }
     }
 
     fn bind_address(&mut self, s: &Src) {
         self.had_listener = true;
-        let i = self.default_listener();
         let addr = match string(s) {
             Ok(a) => a,
-            Err(why) => return self.not_converted(Target::Listener(i), s, &why),
+            Err(why) => {
+                let t = self.default_listener.map_or(Target::Top, Target::Listener);
+                return self.not_converted(t, s, &why);
+            }
         };
-        self.listeners[i].option_lines += 1;
-        match bind_address(addr) {
+        let i = self.default_listener(s.no);
+        let l = &mut self.listeners[i];
+        l.explicit = true;
+        l.option_lines += 1;
+        match parse_bind(addr) {
             Ok((a, note)) => {
-                let l = &mut self.listeners[i];
                 l.bind_address = a;
                 l.bind_note = note;
                 let text = s.note("the default listener's address");
                 l.section.comment(text);
             }
-            Err(why) => self.listeners[i].skip = Some(format!("{} (line {})", why, s.no)),
+            Err(why) => l.skip = Some(format!("{why} (line {})", s.no)),
         }
     }
 
@@ -563,7 +607,13 @@ impl Converter {
                 // Listeners disagree: the safer value holds for all of them.
                 self.warnings += 1;
                 notes.push(s.note(&format!("listeners disagree (line {line} says true); roostd has one allow_anonymous for all listeners and uses false, the safer: clients of the listener that allowed anonymous need a user name and password (password_file) or a certificate identity")));
-                self.top.set("allow_anonymous", value, s.no, notes);
+                self.top.set_because(
+                    "allow_anonymous",
+                    value,
+                    s.no,
+                    notes,
+                    "the safer value for all listeners",
+                );
             }
             Some((_, line)) => self.not_converted(
                 Target::Top,
@@ -583,6 +633,10 @@ impl Converter {
             Ok(p) => p,
             Err(why) => return self.not_converted(Target::Top, s, &why),
         };
+        if self.per_listener && key == "password_file" && self.cur == Cur::Default {
+            // A security option of Mosquitto's default listener opens it.
+            self.default_listener(s.no);
+        }
         match self.top.get(key) {
             None => {
                 let notes = if self.per_listener {
@@ -612,7 +666,7 @@ impl Converter {
             Ok(true) => self.not_converted(
                 Target::Top,
                 s,
-                "roostd's allow_anonymous, password_file and acl_file apply to every listener; the first of each is used (see their comments)",
+                "roostd's allow_anonymous, password_file and acl_file apply to every listener: the first password_file and acl_file are used, and allow_anonymous false if any listener says so (see their comments)",
             ),
             Ok(false) => self.same(Target::Top, s, "roostd's authentication options apply to every listener"),
             Err(why) => self.not_converted(Target::Top, s, &why),
@@ -630,7 +684,13 @@ impl Converter {
     }
 
     /// A whole number for a top-level key, or the reason it cannot be one.
-    fn top_int(&mut self, s: &Src, key: &'static str, value: Result<u64, String>, notes: Vec<String>) {
+    fn top_int(
+        &mut self,
+        s: &Src,
+        key: &'static str,
+        value: Result<u64, String>,
+        notes: Vec<String>,
+    ) {
         match value {
             Ok(v) => {
                 let notes = notes.into_iter().chain(trailing_note(s)).collect();
@@ -652,7 +712,7 @@ impl Converter {
                 &format!("a second persistence_location (Mosquitto refuses this too); line {line} is used"),
             );
         }
-        let note = s.note("roostd keeps its own database, roostd.redb, in this directory; Mosquitto's mosquitto.db is not read, so retained messages and persistent sessions start empty");
+        let note = s.note("roostd keeps its own database, roostd.redb, in this directory; Mosquitto's mosquitto.db is not read, so retained messages and persistent sessions start empty. Under dist/roostd.service roostd may write only /var/lib/roostd: use that there");
         self.top
             .set("persistence_location", toml_string(path), s.no, vec![note]);
     }
@@ -665,8 +725,12 @@ impl Converter {
         match parse_expiration(tok) {
             Ok(_) => {
                 let notes = trailing_note(s).into_iter().collect();
-                self.top
-                    .set("persistent_client_expiration", toml_string(tok), s.no, notes);
+                self.top.set(
+                    "persistent_client_expiration",
+                    toml_string(tok),
+                    s.no,
+                    notes,
+                );
             }
             Err(why) => self.not_converted(Target::Top, s, &clip(&why, QUOTE_MAX)),
         }
@@ -675,7 +739,9 @@ impl Converter {
     fn sys_interval(&mut self, s: &Src) {
         let v = int(s).and_then(|v| match u16::try_from(v) {
             Ok(v) => Ok(u64::from(v)),
-            Err(_) => Err(format!("{v} is not from 0 to 65535 (Mosquitto refuses it too)")),
+            Err(_) => Err(format!(
+                "{v} is not from 0 to 65535 (Mosquitto refuses it too)"
+            )),
         });
         self.top_int(s, "sys_interval", v, Vec::new());
     }
@@ -684,11 +750,13 @@ impl Converter {
         let mut notes = Vec::new();
         let v = int(s).and_then(|v| match u16::try_from(v) {
             Ok(0) => {
-                notes.push(s.note("0 is no limit in Mosquitto: 65535, the protocol maximum"));
+                notes.push(s.note("0 is no limit in Mosquitto after 2.0 (2.0 refuses values below 10): 65535, the protocol maximum"));
                 Ok(65535)
             }
             Ok(v) => Ok(u64::from(v)),
-            Err(_) => Err(format!("{v} is not from 0 to 65535 (Mosquitto refuses it too)")),
+            Err(_) => Err(format!(
+                "{v} is not from 0 to 65535 (Mosquitto refuses it too)"
+            )),
         });
         self.top_int(s, "max_keepalive", v, notes);
     }
@@ -744,12 +812,22 @@ impl Converter {
         };
         let limit = match key {
             "max_packet_size" if v < 20 => {
-                return self.not_converted(Target::Top, s, &format!("{v} is below 20 (Mosquitto refuses it too)"));
+                return self.not_converted(
+                    Target::Top,
+                    s,
+                    &format!("{v} is below 20 (Mosquitto refuses it too)"),
+                );
             }
             "max_packet_size" => Some(v.unsigned_abs().min(MQTT_MAX_REMAINING)),
             _ if v == 0 => None,
             _ if v < 0 || v.unsigned_abs() > MQTT_MAX_REMAINING => {
-                return self.not_converted(Target::Top, s, &format!("{v} is not from 0 to {MQTT_MAX_REMAINING} (Mosquitto refuses it too)"));
+                return self.not_converted(
+                    Target::Top,
+                    s,
+                    &format!(
+                        "{v} is not from 0 to {MQTT_MAX_REMAINING} (Mosquitto refuses it too)"
+                    ),
+                );
             }
             _ => Some(v.unsigned_abs()),
         };
@@ -773,15 +851,31 @@ impl Converter {
         let limit = match int(s) {
             Ok(v) if v < 0 => None,
             Ok(0) => {
-                let t = if global { Target::Top } else { self.listener_target() };
-                return self.not_converted(t, s, "0 would refuse every client; roostd needs at least 1");
+                let t = if global {
+                    Target::Top
+                } else {
+                    self.listener_target()
+                };
+                return self.not_converted(
+                    t,
+                    s,
+                    "0 would refuse every client; roostd needs at least 1",
+                );
             }
             Ok(v) => Some(v.unsigned_abs()),
             Err(why) => {
-                let t = if global { Target::Top } else { self.listener_target() };
+                let t = if global {
+                    Target::Top
+                } else {
+                    self.listener_target()
+                };
                 return self.not_converted(t, s, &why);
             }
         };
+        if !global && limit.is_some() && self.cur == Cur::Default {
+            // Mosquitto 2.0 opens its default listener for a limit set before any listener.
+            self.default_listener(s.no);
+        }
         let entry = ConnLimit {
             no: s.no,
             note_line: String::new(),
@@ -790,7 +884,9 @@ impl Converter {
         };
         if global {
             self.global_conn = Some(ConnLimit {
-                note_line: s.note("Mosquitto's limit for all listeners together, as roostd's max_connections"),
+                note_line: s.note(
+                    "Mosquitto's limit for all listeners together, as roostd's max_connections",
+                ),
                 ..entry
             });
         } else {
@@ -814,12 +910,11 @@ impl Converter {
             "keyfile" => "keyfile",
             _ => "cafile",
         };
-        let i = self.cur_listener();
-        self.listeners[i].option_lines += 1;
         let path = match string(s) {
             Ok(p) => p,
-            Err(why) => return self.not_converted(Target::Listener(i), s, &why),
+            Err(why) => return self.not_converted(self.listener_target(), s, &why),
         };
+        let i = self.cur_listener(s.no);
         if let Some((_, line)) = self.listeners[i].section.get(key) {
             return self.not_converted(
                 Target::Listener(i),
@@ -827,7 +922,9 @@ impl Converter {
                 &format!("a second {key} for this listener (Mosquitto refuses this too); line {line} is used"),
             );
         }
-        self.listeners[i].section.set(key, toml_string(path), s.no, Vec::new());
+        let l = &mut self.listeners[i];
+        l.option_lines += 1;
+        l.section.set(key, toml_string(path), s.no, Vec::new());
     }
 
     fn tls_bool(&mut self, s: &Src) {
@@ -836,40 +933,52 @@ impl Converter {
         } else {
             "use_identity_as_username"
         };
-        let i = self.cur_listener();
-        self.listeners[i].option_lines += 1;
         match boolean(s) {
+            // Before any listener, only `true` makes Mosquitto open its default listener.
+            Ok(false) if self.cur == Cur::Default && self.default_listener.is_none() => {
+                self.same(Target::Top, s, "false is the default");
+            }
             Ok(v) => {
+                let i = self.cur_listener(s.no);
                 let mut notes: Vec<String> = trailing_note(s).into_iter().collect();
                 if key == "use_identity_as_username" && v {
                     notes.push(s.note("the certificate's subject common name becomes the user name, as in Mosquitto (identity_source = \"san\" takes the first subject alternative name instead)"));
                 }
-                self.listeners[i].section.set(key, v.to_string(), s.no, notes);
+                let l = &mut self.listeners[i];
+                l.option_lines += 1;
+                l.section.set(key, v.to_string(), s.no, notes);
             }
-            Err(why) => self.not_converted(Target::Listener(i), s, &why),
+            Err(why) => self.not_converted(self.listener_target(), s, &why),
         }
     }
 
     fn protocol(&mut self, s: &Src) {
-        let i = self.cur_listener();
-        self.listeners[i].option_lines += 1;
         match first_token(s.value) {
+            // Before any listener, `protocol mqtt` does not make Mosquitto open its default one.
             "mqtt" => {
-                self.listeners[i].websockets = false;
-                self.same(Target::Listener(i), s, "MQTT over TCP is a listener's default protocol");
+                let t = self.listener_target();
+                if let Target::Listener(i) = t {
+                    self.listeners[i].websockets = false;
+                }
+                self.same(t, s, "MQTT over TCP is a listener's default protocol");
             }
+            "" => self.not_converted(self.listener_target(), s, "it has no value"),
             "websockets" => {
+                let i = self.cur_listener(s.no);
                 self.listeners[i].websockets = true;
+                self.listeners[i].option_lines += 1;
                 let text = s.note("MQTT over WebSockets (wss with certfile and keyfile); any HTTP path is accepted, as in Mosquitto (`path` restricts it)");
                 self.listeners[i].section.comment(text);
             }
-            "" => self.not_converted(Target::Listener(i), s, "it has no value"),
             other => {
                 // Opening it as MQTT over TCP would be a different listener: leave it out.
+                let i = self.cur_listener(s.no);
                 self.warnings += 1;
-                let text = s.not_converted(&format!("roostd speaks MQTT over TCP, TLS and WebSockets, not `{}`", clip(other, 40)));
+                let text = s.not_converted(&format!(
+                    "roostd speaks MQTT over TCP, TLS and WebSockets, not `{}`",
+                    clip(other, 40)
+                ));
                 let l = &mut self.listeners[i];
-                l.option_lines -= 1;
                 l.section.comment(text);
                 if l.skip.is_none() {
                     l.skip = Some(format!("its protocol (line {}) is not supported", s.no));
@@ -884,10 +993,17 @@ impl Converter {
         if let Some(why) = bridge_reason(key) {
             return self.not_converted(Target::Top, s, why);
         }
+        let tok = first_token(s.value);
+        if self.cur == Cur::Default && opens_default_listener(key, tok, self.per_listener) {
+            self.default_listener(s.no);
+        }
         let listener = self.listener_target();
         // Mosquitto's security options are per listener with per_listener_settings.
-        let security = if self.per_listener { listener } else { Target::Top };
-        let tok = first_token(s.value);
+        let security = if self.per_listener {
+            listener
+        } else {
+            Target::Top
+        };
         let (target, why) = match key {
             // Equivalents first.
             "set_tcp_nodelay" if tok == "true" || tok == "1" => {
@@ -975,6 +1091,9 @@ impl Converter {
             "use_subject_as_username" => (listener, "roostd takes the user name from the subject common name or the first subject alternative name (use_identity_as_username with identity_source), not the whole subject"),
             "use_username_as_clientid" => (listener, "roostd keeps the client's own client id"),
             "bind_interface" => (listener, "roostd binds addresses, not interfaces: put the interface's address in the listener's bind_address"),
+            "socket_domain" if tok == "ipv4" => {
+                return self.same(listener, s, "roostd binds exactly bind_address, and its default, 0.0.0.0, is IPv4 only");
+            }
             "socket_domain" => (listener, "roostd binds exactly bind_address: an IPv4 address listens on IPv4, an IPv6 address on IPv6 (\"::\" on both on Linux)"),
             "mount_point" => (listener, "roostd has no mount points"),
             "max_topic_alias" | "max_topic_alias_broker" => (listener, "topic aliases are MQTT 5; roostd speaks MQTT 3.1.1"),
@@ -985,12 +1104,21 @@ impl Converter {
 
             _ => (Target::Top, "not an option of Mosquitto 2 or roostd (Mosquitto refuses unknown options)"),
         };
-        if let Target::Listener(i) = target {
-            if i < self.listeners.len() {
-                self.listeners[i].option_lines += 1;
+        self.not_converted(target, s, why);
+        // Without these the listener would be open to more than in Mosquitto: more interfaces,
+        // the whole topic tree, revoked certificates, or no encryption at all.
+        if let (Target::Listener(i), "bind_interface" | "mount_point" | "crlfile" | "psk_hint") =
+            (target, key)
+        {
+            if let Some(l) = self.listeners.get_mut(i) {
+                if l.skip.is_none() {
+                    l.skip = Some(format!(
+                        "without its {key} (line {}) it would be less restricted than in Mosquitto",
+                        s.no
+                    ));
+                }
             }
         }
-        self.not_converted(target, s, why);
     }
 
     fn render(mut self, origin: &str) -> Conversion {
@@ -1006,9 +1134,11 @@ impl Converter {
             let yes = |k: &str| l.section.get(k).is_some_and(|(v, _)| v == "true");
             let tls = has("certfile") && has("keyfile");
             if !tls && (has("certfile") || has("keyfile")) {
-                l.skip = Some("it has certfile or keyfile but not both: roostd needs both to make a TLS listener, and a plain one would send in the clear".into());
-            } else if !tls && (has("cafile") || yes("require_certificate") || yes("use_identity_as_username")) {
-                l.skip = Some("it has client-certificate options but no certfile and keyfile: roostd (as Mosquitto) needs both for TLS".into());
+                l.skip = Some("it has certfile or keyfile but not both: Mosquitto 2.0 then opens it without TLS, roostd refuses that; add the missing file to make it a TLS listener".into());
+            } else if !tls
+                && (has("cafile") || yes("require_certificate") || yes("use_identity_as_username"))
+            {
+                l.skip = Some("it has client-certificate options but no certfile and keyfile: Mosquitto 2.0 then opens it without TLS, roostd refuses that; add both to make it a TLS listener".into());
             }
         }
         let converted: Vec<usize> = (0..listeners.len())
@@ -1016,14 +1146,18 @@ impl Converter {
             .collect();
 
         let mut body = String::new();
-        let mut set = |key: &str| self.top.get(key).is_some();
-        let _ = &mut set;
         for item in &self.top.items {
             match item {
                 Item::Comment(c) => push_comment(&mut body, c),
                 Item::Key { key, value, .. } => body.push_str(&format!("{key} = {value}\n")),
                 Item::Slot(Slot::MaxConnections) => {
-                    self.warnings += render_connections(&mut body, &self.conn, self.global_conn.as_ref(), &listeners, self.default_listener);
+                    self.warnings += render_connections(
+                        &mut body,
+                        &self.conn,
+                        self.global_conn.as_ref(),
+                        &listeners,
+                        self.default_listener,
+                    );
                 }
                 Item::Slot(Slot::MessageSizeLimit) => render_sizes(&mut body, &self.sizes),
             }
@@ -1058,22 +1192,38 @@ impl Converter {
             push_comment(&mut body, &format!("  {d}"));
         }
 
+        let mut ipv6_noted = false;
         for l in &listeners {
             body.push('\n');
             match &l.skip {
-                None => render_listener(&mut body, l),
+                None => render_listener(&mut body, l, &mut ipv6_noted),
                 Some(why) => {
-                    self.warnings += 1 + l.option_lines;
+                    self.warnings += usize::from(l.line.is_some()) + l.option_lines;
                     render_skipped(&mut body, l, why);
                 }
             }
         }
 
-        push_comment(&mut out, &format!("roostd configuration converted by `roostd import-mosquitto-conf` from {}", clip(origin, 200)));
+        push_comment(
+            &mut out,
+            &format!(
+                "roostd configuration converted by `roostd import-mosquitto-conf` from {}",
+                clip(origin, 200)
+            ),
+        );
         push_comment(&mut out, "Every line of the original that could not be carried over has a comment saying why; the original's own comments are not copied.");
-        push_comment(&mut out, "roostd.example.toml lists every option with its default.");
+        push_comment(
+            &mut out,
+            "roostd.example.toml lists every option with its default.",
+        );
         if self.warnings > 0 {
-            push_comment(&mut out, &format!("{} line(s) not converted: search for \"not converted\".", self.warnings));
+            push_comment(
+                &mut out,
+                &format!(
+                    "{} line(s) not converted: search for \"not converted\".",
+                    self.warnings
+                ),
+            );
         }
         out.push('\n');
         out.push_str(&body);
@@ -1092,7 +1242,7 @@ fn push_comment(out: &mut String, text: &str) {
 }
 
 /// An IP address to bind, or why `addr` cannot be one; localhost is 127.0.0.1.
-fn bind_address(addr: &str) -> Result<(String, Option<String>), String> {
+fn parse_bind(addr: &str) -> Result<(String, Option<String>), String> {
     if addr.parse::<IpAddr>().is_ok() {
         return Ok((addr.to_string(), None));
     }
@@ -1108,13 +1258,33 @@ fn bind_address(addr: &str) -> Result<(String, Option<String>), String> {
     ))
 }
 
-fn render_listener(out: &mut String, l: &Listener) {
+fn render_listener(out: &mut String, l: &Listener, ipv6_noted: &mut bool) {
     out.push_str("[[listener]]\n");
     push_comment(out, &origin_of(l));
+    match (l.line, l.port_line, l.created_by) {
+        (None, None, Some(n)) if !l.explicit => push_comment(
+            out,
+            &format!("Mosquitto 2.0 opens this listener, on port 1883, because line {n} sets a listener option before the first `listener` line: remove this table if no client connects to it"),
+        ),
+        (None, None, _) => push_comment(
+            out,
+            "Mosquitto's default listener uses port 1883 unless a `port` line says otherwise",
+        ),
+        _ => {}
+    }
     out.push_str(&format!("port = {}\n", l.port));
-    out.push_str(&format!("bind_address = {}\n", toml_string(&l.bind_address)));
-    if let Some(n) = &l.bind_note {
-        push_comment(out, n);
+    out.push_str(&format!(
+        "bind_address = {}\n",
+        toml_string(&l.bind_address)
+    ));
+    match &l.bind_note {
+        // Said once, on the first listener on every interface.
+        Some(n) if n == ALL_INTERFACES_NOTE && *ipv6_noted => {}
+        Some(n) => {
+            *ipv6_noted |= n == ALL_INTERFACES_NOTE;
+            push_comment(out, n);
+        }
+        None => {}
     }
     if l.websockets {
         out.push_str("protocol = \"websockets\"\n");
@@ -1137,10 +1307,21 @@ fn origin_of(l: &Listener) -> String {
 
 /// A listener left out, written as comments so that nothing of it is lost.
 fn render_skipped(out: &mut String, l: &Listener, why: &str) {
-    push_comment(out, &format!("{} not converted: {why}. Its options, for reference:", origin_of(l)));
+    if l.section.items.is_empty() && !l.websockets && l.line.is_some() {
+        push_comment(out, &format!("{} not converted: {why}", origin_of(l)));
+        return;
+    }
+    push_comment(
+        out,
+        &format!(
+            "{} not converted: {why}. What it had, for reference:",
+            origin_of(l)
+        ),
+    );
     push_comment(out, "[[listener]]");
-    push_comment(out, &format!("port = {}", l.port));
-    push_comment(out, &format!("bind_address = {}", toml_string(&l.bind_address)));
+    if l.line.is_none() {
+        push_comment(out, &format!("port = {}", l.port));
+    }
     if l.websockets {
         push_comment(out, "protocol = \"websockets\"");
     }
@@ -1191,11 +1372,13 @@ fn render_connections(
         if used.len() > 1 {
             push_comment(out, "roostd's limit is the sum of these listeners' limits");
         }
-        if listeners.iter().filter(|l| l.skip.is_none()).count() > used.len() {
+        let total = used
+            .iter()
+            .try_fold(0u64, |sum, c| c.limit.map(|l| sum.saturating_add(l)));
+        if total.is_some() && listeners.iter().filter(|l| l.skip.is_none()).count() > used.len() {
             push_comment(out, "listeners without max_connections had no limit in Mosquitto; roostd's limit counts their clients too");
         }
-        used.iter()
-            .try_fold(0u64, |sum, c| c.limit.map(|l| sum.saturating_add(l)))
+        total
     };
     let value = match limit {
         Some(v) => v,
@@ -1222,6 +1405,31 @@ fn render_sizes(out: &mut String, sizes: &[SizeLimit]) {
         push_comment(out, "both limit the size in Mosquitto: the smaller is used");
     }
     out.push_str(&format!("message_size_limit = {value}\n"));
+}
+
+/// Whether Mosquitto 2.0 opens its default listener (port 1883) for this option given before
+/// the first `listener` line (its check in config__parse_args); the options handled elsewhere
+/// (certfile, max_connections, ...) make the same decision where they are read.
+fn opens_default_listener(key: &str, tok: &str, per_listener: bool) -> bool {
+    let yes = tok == "true" || tok == "1";
+    match key {
+        "bind_interface"
+        | "capath"
+        | "tls_engine"
+        | "tls_engine_kpass_sha1"
+        | "ciphers"
+        | "ciphers_tls1.3"
+        | "dhparamfile"
+        | "psk_hint"
+        | "crlfile"
+        | "socket_domain" => true,
+        "use_subject_as_username" | "use_username_as_clientid" => yes,
+        "tls_keyform" => tok != "pem",
+        "maximum_qos" | "max_qos" => tok != "2",
+        "psk_file" | "auth_plugin" | "plugin" => per_listener,
+        "allow_zero_length_clientid" => per_listener && (tok == "false" || tok == "0"),
+        _ => false,
+    }
 }
 
 /// Why a bridge option cannot be converted (None: not a bridge option).
@@ -1254,4 +1462,666 @@ fn bridge_reason(key: &str) -> Option<&'static str> {
         "try_private",
     ];
     (key.starts_with("bridge_") || BRIDGE.contains(&key)).then_some("roostd has no bridges yet")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::config::{Config, ListenerConfig, ListenerProtocol};
+
+    /// The conversion, parsed by roostd's own parser (the test fails with the TOML if it does not).
+    fn parsed(text: &str) -> (Conversion, Config) {
+        let c = convert(text, "/etc/mosquitto/mosquitto.conf");
+        match Config::from_toml_str(&c.toml) {
+            Ok(config) => (c, config),
+            Err(e) => panic!("output does not parse: {e}\n----\n{}", c.toml),
+        }
+    }
+
+    /// The 1-based number of the line of `text` that starts with `start`.
+    fn line_of(text: &str, start: &str) -> usize {
+        text.lines()
+            .position(|l| l.starts_with(start))
+            .map(|i| i + 1)
+            .unwrap_or_else(|| panic!("no line starts with {start:?}"))
+    }
+
+    /// The line of `text` starting with `start` has its "not converted" comment in the output.
+    fn assert_not_converted(c: &Conversion, text: &str, start: &str) {
+        let prefix = format!("# mosquitto.conf line {}: \"{start}", line_of(text, start));
+        assert!(
+            c.toml
+                .lines()
+                .any(|l| l.starts_with(&prefix) && l.contains("not converted")),
+            "no comment for {start:?} ({prefix}):\n{}",
+            c.toml
+        );
+    }
+
+    fn listener(config: &Config, port: u16) -> &ListenerConfig {
+        config
+            .listener
+            .iter()
+            .find(|l| l.port == port)
+            .unwrap_or_else(|| panic!("no listener on port {port}: {:?}", config.listener))
+    }
+
+    const REALISTIC: &str = "\
+# /etc/mosquitto/mosquitto.conf
+pid_file /run/mosquitto/mosquitto.pid
+user mosquitto
+
+persistence true
+persistence_location /var/lib/mosquitto/
+persistent_client_expiration 2w
+autosave_interval 300
+
+log_dest file /var/log/mosquitto/mosquitto.log
+log_type error
+log_type warning
+include_dir /etc/mosquitto/conf.d
+
+allow_anonymous false
+password_file /etc/mosquitto/passwd
+acl_file /etc/mosquitto/acl
+
+max_inflight_messages 40
+max_queued_messages 5000
+max_queued_bytes 104857600
+message_size_limit 262144
+max_keepalive 300
+sys_interval 30
+
+auth_plugin /usr/lib/mosquitto_dynamic_security.so
+auth_opt_db_password hunter2
+
+# Plain MQTT on every interface
+listener 1883
+max_connections 5000
+
+# TLS with client certificates
+listener 8883
+certfile /etc/mosquitto/certs/server.pem
+keyfile /etc/mosquitto/certs/server.key
+cafile /etc/mosquitto/ca/ca.pem
+require_certificate true
+use_identity_as_username true
+tls_version tlsv1.2
+max_connections 1000
+
+# WebSockets for the dashboard
+listener 9001
+protocol websockets
+
+# Local only
+listener 1884 127.0.0.1
+
+connection hq-bridge
+address hq.example.com:8883
+topic sensors/# out 1
+remote_password s3cret
+";
+
+    #[test]
+    fn realistic_config_converts_with_its_values_and_a_comment_per_unsupported_line() {
+        let (c, config) = parsed(REALISTIC);
+
+        assert!(config.persistence);
+        assert_eq!(
+            config.persistence_location,
+            PathBuf::from("/var/lib/mosquitto/")
+        );
+        assert_eq!(config.persistent_client_expiration, "2w");
+        assert_eq!(config.allow_anonymous, Some(false));
+        assert_eq!(
+            config.password_file,
+            Some(PathBuf::from("/etc/mosquitto/passwd"))
+        );
+        assert_eq!(config.acl_file, Some(PathBuf::from("/etc/mosquitto/acl")));
+        assert_eq!(config.max_inflight_messages, 40);
+        assert_eq!(config.max_queued_messages, 5000);
+        assert_eq!(config.max_queued_bytes, 104_857_600);
+        assert_eq!(config.message_size_limit, 262_144);
+        assert_eq!(config.max_keepalive, 300);
+        assert_eq!(config.sys_interval, 30);
+        // Mosquitto's limits are per listener, roostd's for all of them together.
+        assert_eq!(config.max_connections, 6000);
+
+        assert_eq!(config.listener.len(), 4);
+        assert_eq!(
+            *listener(&config, 1883),
+            ListenerConfig::plain("0.0.0.0", 1883)
+        );
+        let tls = listener(&config, 8883);
+        assert_eq!(tls.bind_address, "0.0.0.0");
+        assert_eq!(
+            tls.certfile,
+            Some(PathBuf::from("/etc/mosquitto/certs/server.pem"))
+        );
+        assert_eq!(
+            tls.keyfile,
+            Some(PathBuf::from("/etc/mosquitto/certs/server.key"))
+        );
+        assert_eq!(tls.cafile, Some(PathBuf::from("/etc/mosquitto/ca/ca.pem")));
+        assert!(tls.require_certificate);
+        assert!(tls.use_identity_as_username);
+        assert_eq!(tls.protocol, ListenerProtocol::Mqtt);
+        let ws = listener(&config, 9001);
+        assert_eq!(ws.protocol, ListenerProtocol::Websockets);
+        assert_eq!(ws.certfile, None);
+        assert_eq!(
+            *listener(&config, 1884),
+            ListenerConfig::plain("127.0.0.1", 1884)
+        );
+
+        let unsupported = [
+            "pid_file",
+            "user",
+            "autosave_interval",
+            "log_dest",
+            "log_type error",
+            "log_type warning",
+            "include_dir",
+            "auth_plugin",
+            "auth_opt_db_password",
+            "connection hq-bridge",
+            "address",
+            "topic",
+            "remote_password",
+        ];
+        for start in unsupported {
+            assert_not_converted(&c, REALISTIC, start);
+        }
+        assert_eq!(c.warnings, unsupported.len(), "{}", c.toml);
+        assert!(c.toml.contains("roostd has no bridges yet"));
+        assert!(c.toml.contains("run it under systemd"));
+        // Secrets are not copied into comments.
+        assert!(
+            !c.toml.contains("hunter2") && !c.toml.contains("s3cret"),
+            "{}",
+            c.toml
+        );
+        // The header names the source, and says how many lines were left out.
+        assert!(c.toml.starts_with("# roostd configuration converted"));
+        assert!(c.toml.contains("from /etc/mosquitto/mosquitto.conf"));
+        assert!(c.toml.contains("13 line(s) not converted"));
+        // Equivalents say so without counting as warnings.
+        assert!(c.toml.contains("\"tls_version tlsv1.2\": nothing to set"));
+    }
+
+    #[test]
+    fn empty_and_comment_only_files_give_roostd_defaults() {
+        let defaults = format!("{:?}", Config::from_toml_str("").unwrap());
+        for text in [
+            "",
+            "\n\n   \n",
+            "# only comments\n#listener 1883\n   # indented comment\n",
+            "\u{feff}# with a byte order mark\n",
+        ] {
+            let (c, config) = parsed(text);
+            assert_eq!(c.warnings, 0, "{text:?}: {}", c.toml);
+            assert_eq!(format!("{config:?}"), defaults, "{text:?}");
+            assert!(!c.toml.contains("not converted"));
+        }
+    }
+
+    #[test]
+    fn unknown_keys_get_a_comment() {
+        let text = "listener 1883\nfrobnicate 3\nallow_anonymous true\nlistener_typo 1884\n";
+        let (c, config) = parsed(text);
+        assert_eq!(c.warnings, 2);
+        assert_not_converted(&c, text, "frobnicate 3");
+        assert_not_converted(&c, text, "listener_typo 1884");
+        assert!(c.toml.contains("not an option of Mosquitto 2 or roostd"));
+        assert_eq!(config.listener.len(), 1);
+        assert_eq!(config.allow_anonymous, Some(true));
+    }
+
+    #[test]
+    fn bad_numbers_and_values_are_comments_not_panics() {
+        let lines = [
+            "max_inflight_messages lots",
+            "max_inflight_messages 70000",
+            "max_queued_messages 99999999999999999999999",
+            "max_queued_bytes 12abc",
+            "sys_interval -5",
+            "sys_interval 70000",
+            "port 70000",
+            "port abc",
+            "port 0",
+            "max_connections many",
+            "max_connections 0",
+            "message_size_limit 300000000",
+            "message_size_limit -3",
+            "max_packet_size 10",
+            "persistent_client_expiration 3x",
+            "persistent_client_expiration 0d",
+            "allow_anonymous yes",
+            "max_keepalive 70000",
+            "max_keepalive -1",
+            "persistence",
+            "password_file",
+            "require_certificate maybe",
+            "protocol",
+        ];
+        for line in lines {
+            let text = format!("{line}\n");
+            let (c, config) = parsed(&text);
+            assert_eq!(c.warnings, 1, "{line}: {}", c.toml);
+            assert_not_converted(&c, &text, line);
+            // A bad line never opens Mosquitto's default listener on 1883.
+            assert!(config.listener.is_empty(), "{line}: {}", c.toml);
+        }
+        // Nor do values that leave Mosquitto without a default listener.
+        for line in [
+            "require_certificate false",
+            "protocol mqtt",
+            "use_identity_as_username 0",
+        ] {
+            let (c, config) = parsed(line);
+            assert!(config.listener.is_empty(), "{line}: {}", c.toml);
+            assert_eq!(c.warnings, 0);
+        }
+        // Bad listener lines: the listener and the options given for it become comments.
+        for line in ["listener abc", "listener 99999", "listener", "listener -1"] {
+            let text = format!("{line}\ncertfile /c.pem\nkeyfile /k.pem\nlistener 1883\n");
+            let (c, config) = parsed(&text);
+            assert_eq!(c.warnings, 3, "{line}: {}", c.toml);
+            assert_eq!(
+                config.listener,
+                vec![ListenerConfig::plain("0.0.0.0", 1883)]
+            );
+            let comment = format!("# mosquitto.conf line 1: \"{line}\" not converted");
+            assert!(c.toml.contains(&comment), "{}", c.toml);
+            assert!(c.toml.contains("# certfile = \"/c.pem\""), "{}", c.toml);
+        }
+    }
+
+    #[test]
+    fn very_long_lines_are_kept_in_values_and_cut_in_comments() {
+        let path = format!("/data/{}", "a".repeat(100_000));
+        let text = format!(
+            "password_file {path}\nunknown_option {}\n{}\n",
+            "b".repeat(50_000),
+            "c".repeat(200_000)
+        );
+        let (c, config) = parsed(&text);
+        assert_eq!(config.password_file, Some(PathBuf::from(&path)));
+        assert_eq!(c.warnings, 2);
+        let longest_comment = c
+            .toml
+            .lines()
+            .filter(|l| l.starts_with('#'))
+            .map(str::len)
+            .max()
+            .unwrap_or(0);
+        assert!(longest_comment < 500, "{longest_comment}");
+    }
+
+    #[test]
+    fn trailing_blanks_and_crlf_convert_as_plain_lines() {
+        let (plain, plain_config) = parsed(REALISTIC);
+        let messy: String = REALISTIC
+            .lines()
+            .enumerate()
+            .map(|(i, l)| {
+                let pad = if i % 2 == 0 { " \t " } else { "\t" };
+                format!("{pad}{l}{pad}\r\n")
+            })
+            .collect();
+        let (c, config) = parsed(&messy);
+        assert_eq!(format!("{config:?}"), format!("{plain_config:?}"));
+        assert_eq!(c.warnings, plain.warnings);
+        // Same output too: blanks and CR never reach a value or a comment.
+        assert_eq!(c.toml, plain.toml);
+        // Tabs between key and value.
+        let (_, config) = parsed("listener\t1884\t127.0.0.1\r\nallow_anonymous\ttrue\r\n");
+        assert_eq!(
+            config.listener,
+            vec![ListenerConfig::plain("127.0.0.1", 1884)]
+        );
+        assert_eq!(config.allow_anonymous, Some(true));
+    }
+
+    #[test]
+    fn strings_are_escaped_for_toml() {
+        let tricky = "C:\\mosquitto\\pass \"x\".txt \u{e9}\u{1F426}\ttab\u{7}bell";
+        let text = format!("password_file {tricky}\nacl_file /etc/acl with spaces\n");
+        let (_, config) = parsed(&text);
+        assert_eq!(config.password_file, Some(PathBuf::from(tricky)));
+        assert_eq!(config.acl_file, Some(PathBuf::from("/etc/acl with spaces")));
+        assert_eq!(toml_string("a\"b\\c\n"), "\"a\\\"b\\\\c\\n\"");
+        // A control character in a comment is escaped: TOML does not allow it there.
+        let (c, _) = parsed("bogus \u{1}\u{7f}value\n");
+        assert!(c.toml.contains("\\u{1}\\u{7f}value"), "{}", c.toml);
+    }
+
+    #[test]
+    fn per_listener_settings_use_the_first_auth_files_and_the_safer_anonymous() {
+        let text = "\
+per_listener_settings true
+listener 1883 127.0.0.1
+allow_anonymous true
+listener 8883
+certfile /c.pem
+keyfile /k.pem
+allow_anonymous false
+password_file /etc/mosquitto/passwd-public
+acl_file /etc/mosquitto/acl-public
+listener 8884
+password_file /etc/mosquitto/passwd-other
+acl_file /etc/mosquitto/acl-public
+";
+        let (c, config) = parsed(text);
+        assert_eq!(config.allow_anonymous, Some(false));
+        assert_eq!(
+            config.password_file,
+            Some(PathBuf::from("/etc/mosquitto/passwd-public"))
+        );
+        assert_eq!(
+            config.acl_file,
+            Some(PathBuf::from("/etc/mosquitto/acl-public"))
+        );
+        assert_eq!(config.listener.len(), 3);
+        assert_not_converted(&c, text, "per_listener_settings true");
+        assert_not_converted(&c, text, "password_file /etc/mosquitto/passwd-other");
+        assert!(c.toml.contains("roostd applies it to every listener"));
+        assert!(c.toml.contains("uses false, the safer"));
+        // per_listener_settings, the overruled allow_anonymous and the second password file.
+        assert_eq!(c.warnings, 3, "{}", c.toml);
+
+        // Without per_listener_settings: Mosquitto's last allow_anonymous holds, and a second
+        // password_file is refused (by Mosquitto too).
+        let text =
+            "allow_anonymous false\nallow_anonymous true\npassword_file /a\npassword_file /b\n";
+        let (c, config) = parsed(text);
+        assert_eq!(config.allow_anonymous, Some(true));
+        assert_eq!(config.password_file, Some(PathBuf::from("/a")));
+        assert_not_converted(&c, text, "password_file /b");
+        assert!(c
+            .toml
+            .contains("`allow_anonymous = false` replaced by line 2"));
+        assert_eq!(c.warnings, 1);
+    }
+
+    #[test]
+    fn mosquitto_unlimited_values_get_the_closest_roostd_bound() {
+        let text = "\
+listener 1883
+max_connections -1
+max_inflight_messages 0
+max_queued_messages 0
+max_queued_bytes 0
+message_size_limit 0
+max_keepalive 0
+";
+        let (c, config) = parsed(text);
+        assert_eq!(config.max_connections, UNLIMITED_CONNECTIONS as usize);
+        assert_eq!(config.max_inflight_messages, 65535);
+        assert_eq!(
+            config.max_queued_messages,
+            UNLIMITED_QUEUED_MESSAGES as usize
+        );
+        // roostd keeps its byte bound rather than none.
+        assert_eq!(config.max_queued_bytes, 16 * 1024 * 1024);
+        assert_not_converted(&c, text, "max_queued_bytes 0");
+        assert_eq!(config.message_size_limit, MQTT_MAX_REMAINING as usize);
+        assert_eq!(config.max_keepalive, 65535);
+        assert_eq!(c.warnings, 1);
+        assert!(c.toml.contains("-1 is no limit in Mosquitto"));
+        assert!(c.toml.contains("max_queued_bytes still bounds every queue"));
+
+        // max_packet_size and message_size_limit: the smaller; global_max_connections wins.
+        let text = "message_size_limit 5000\nmax_packet_size 2000\nlistener 1883\nmax_connections 10\nglobal_max_connections 50\n";
+        let (c, config) = parsed(text);
+        assert_eq!(config.message_size_limit, 2000);
+        assert_eq!(config.max_connections, 50);
+        assert_eq!(c.warnings, 1, "{}", c.toml);
+    }
+
+    #[test]
+    fn listeners_that_cannot_be_as_safe_as_the_original_become_comments() {
+        let text = "\
+listener 1883 localhost
+listener 1885 broker.example.com
+certfile /c.pem
+keyfile /k.pem
+listener 0 /run/mosquitto/mosquitto.sock
+listener 8883
+certfile /only-cert.pem
+listener 8884
+cafile /ca.pem
+require_certificate true
+listener 1890
+protocol quic
+listener 1891 ::1
+protocol mqtt
+";
+        let (c, config) = parsed(text);
+        assert_eq!(
+            config.listener,
+            vec![
+                ListenerConfig::plain("127.0.0.1", 1883),
+                ListenerConfig::plain("::1", 1891),
+            ]
+        );
+        // No plain listener on the ports meant for TLS.
+        assert!(!config
+            .listener
+            .iter()
+            .any(|l| [8883, 8884, 1885, 1890].contains(&l.port)));
+        assert!(c.toml.contains("`broker.example.com` is a host name"));
+        assert!(c.toml.contains("no Unix socket listeners"));
+        assert!(c.toml.contains("certfile or keyfile but not both"));
+        assert!(c
+            .toml
+            .contains("client-certificate options but no certfile and keyfile"));
+        assert!(c.toml.contains("not `quic`"));
+        assert!(c.toml.contains("bind_address = \"::1\" for IPv6"));
+        // Skipped: 1885 (+2 options), the socket, 8883 (+1), 8884 (+2), 1890 (+ its protocol).
+        assert_eq!(c.warnings, 3 + 1 + 2 + 3 + 2, "{}", c.toml);
+        assert_eq!(config.allow_anonymous, None);
+
+        // Nothing converted: roostd would listen on localhost; anonymous stays refused.
+        let (c, config) = parsed("listener 0 /run/m.sock\n");
+        assert!(config.listener.is_empty());
+        assert_eq!(config.allow_anonymous, Some(false));
+        assert_eq!(c.warnings, 1);
+    }
+
+    #[test]
+    fn listeners_restricted_by_options_roostd_lacks_become_comments() {
+        for option in [
+            "bind_interface eth1",
+            "mount_point tenant1/",
+            "crlfile /etc/mosquitto/crl.pem",
+            "psk_hint broker",
+        ] {
+            let text = format!("listener 1883\nlistener 8883\n{option}\nsocket_domain ipv4\n");
+            let (c, config) = parsed(&text);
+            assert_eq!(
+                config.listener,
+                vec![ListenerConfig::plain("0.0.0.0", 1883)],
+                "{option}"
+            );
+            assert!(c
+                .toml
+                .contains("would be less restricted than in Mosquitto"));
+            // The option and the listener.
+            assert_eq!(c.warnings, 2, "{option}: {}", c.toml);
+        }
+    }
+
+    #[test]
+    fn default_listener_takes_port_bind_address_and_options_before_any_listener() {
+        let text = "\
+port 1884
+port 8883
+bind_address 10.0.0.5
+certfile /c.pem
+keyfile /k.pem
+listener 1883
+";
+        let (c, config) = parsed(text);
+        assert_eq!(config.listener.len(), 2);
+        let d = listener(&config, 8883);
+        assert_eq!(d.bind_address, "10.0.0.5");
+        assert_eq!(d.certfile, Some(PathBuf::from("/c.pem")));
+        assert_eq!(
+            *listener(&config, 1883),
+            ListenerConfig::plain("0.0.0.0", 1883)
+        );
+        assert!(c.toml.contains("replaces line 1"));
+        assert_eq!(c.warnings, 0);
+
+        // A limit before the first listener makes Mosquitto 2.0 open its default listener too
+        // (checked against mosquitto 2.0.11); -1, the default, does not.
+        let (c, config) = parsed("max_connections 100\nlistener 1884\n");
+        assert_eq!(config.listener.len(), 2, "{}", c.toml);
+        assert_eq!(
+            *listener(&config, 1883),
+            ListenerConfig::plain("0.0.0.0", 1883)
+        );
+        assert!(c
+            .toml
+            .contains("Mosquitto 2.0 opens this listener, on port 1883, because line 1"));
+        assert_eq!(config.max_connections, 100);
+        let (_, config) = parsed("max_connections -1\nlistener 1884\n");
+        assert_eq!(
+            config.listener,
+            vec![ListenerConfig::plain("0.0.0.0", 1884)]
+        );
+        // An interface binding cannot be carried over: that default listener stays a comment.
+        let (c, config) = parsed("bind_interface eth0\nlistener 1884\n");
+        assert_eq!(
+            config.listener,
+            vec![ListenerConfig::plain("0.0.0.0", 1884)]
+        );
+        assert_eq!(c.warnings, 1, "{}", c.toml);
+        // bind_address asks for the default listener: no note telling to remove it.
+        let (c, config) = parsed("bind_address 127.0.0.1\n");
+        assert_eq!(
+            config.listener,
+            vec![ListenerConfig::plain("127.0.0.1", 1883)]
+        );
+        assert!(!c.toml.contains("remove this table"));
+
+        // Listener options alone make Mosquitto's default listener, on 1883.
+        let (c, config) = parsed("certfile /c.pem\nkeyfile /k.pem\n");
+        assert_eq!(
+            listener(&config, 1883).keyfile,
+            Some(PathBuf::from("/k.pem"))
+        );
+        assert!(c
+            .toml
+            .contains("opens this listener, on port 1883, because line 1"));
+    }
+
+    #[test]
+    fn equivalents_and_defaults_are_noted_without_warnings() {
+        let text = "set_tcp_nodelay true\nallow_zero_length_clientid true\nretry_interval 20\nper_listener_settings false\nlistener 1883\nprotocol mqtt\nmaximum_qos 2\n";
+        let (c, config) = parsed(text);
+        assert_eq!(c.warnings, 0, "{}", c.toml);
+        assert_eq!(config.listener.len(), 1);
+        assert_eq!(c.toml.matches("nothing to set").count(), 6);
+        // Defaults that differ are listed when the original relies on them.
+        assert!(c.toml.contains("persistence = true (Mosquitto: false)"));
+        assert!(c
+            .toml
+            .contains("persistent_client_expiration = \"1d\" (Mosquitto: never)"));
+        let (c, _) = parsed("persistence false\npersistent_client_expiration 1y\n");
+        assert!(!c.toml.contains("(Mosquitto: false)"));
+        assert!(!c.toml.contains("(Mosquitto: never)"));
+    }
+
+    /// Keys and values of both kinds, good and bad, in any order.
+    fn config_line() -> impl Strategy<Value = String> {
+        let keys = prop::sample::select(vec![
+            "listener",
+            "port",
+            "bind_address",
+            "allow_anonymous",
+            "password_file",
+            "acl_file",
+            "per_listener_settings",
+            "persistence",
+            "persistence_location",
+            "persistent_client_expiration",
+            "sys_interval",
+            "max_keepalive",
+            "max_inflight_messages",
+            "max_queued_messages",
+            "max_queued_bytes",
+            "message_size_limit",
+            "max_packet_size",
+            "max_connections",
+            "global_max_connections",
+            "certfile",
+            "keyfile",
+            "cafile",
+            "capath",
+            "require_certificate",
+            "use_identity_as_username",
+            "protocol",
+            "connection",
+            "log_dest",
+            "bogus",
+            "#",
+            "auth_opt_x",
+            "tls_version",
+            "maximum_qos",
+            "set_tcp_nodelay",
+        ]);
+        let values = prop::sample::select(vec![
+            "",
+            "0",
+            "1",
+            "-1",
+            "20",
+            "65535",
+            "65536",
+            "1883",
+            "true",
+            "false",
+            "localhost",
+            "127.0.0.1",
+            "::",
+            "example.com",
+            "/p",
+            "a \"b\" \\c",
+            "1d",
+            "7x",
+            "websockets",
+            "mqtt",
+            "quic",
+            "1883 127.0.0.1",
+            "0 /sock",
+            "99999999999999999999",
+            "\t",
+            "#",
+        ]);
+        (keys, values, "[ \t]{0,2}").prop_map(|(k, v, pad)| format!("{pad}{k} {v}{pad}"))
+    }
+
+    proptest! {
+        #[test]
+        fn any_mix_of_lines_converts_to_a_config_roostd_accepts(
+            lines in prop::collection::vec(config_line(), 0..40),
+            crlf in any::<bool>(),
+        ) {
+            let text = lines.join(if crlf { "\r\n" } else { "\n" });
+            let c = convert(&text, "fuzz.conf");
+            prop_assert!(Config::from_toml_str(&c.toml).is_ok(), "{}\n----\n{}", text, c.toml);
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics_and_still_parses(text in "\\PC{0,300}") {
+            let c = convert(&text, "noise");
+            prop_assert!(Config::from_toml_str(&c.toml).is_ok(), "{}", c.toml);
+        }
+    }
 }

@@ -1213,3 +1213,49 @@ async fn passwd_help_shows_mosquitto_passwd_flags() {
         assert!(flags.contains(flag), "{flag} missing: {out:?}");
     }
 }
+
+/// `roostd import-mosquitto-conf FILE` on a realistic mosquitto.conf (several listeners: all
+/// interfaces, TLS, WebSockets on localhost; auth; persistence; a bridge and syslog logging,
+/// which cannot be carried over): exit 0, the TOML on stdout is a config roostd accepts with
+/// the listeners and values of the original, every unconvertible line has a comment, and
+/// stderr says how many.
+#[tokio::test]
+async fn import_mosquitto_conf_prints_a_config_roostd_accepts() {
+    let dir = Scratch::new("import");
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        "# office broker\nper_listener_settings false\nallow_anonymous false\npassword_file /etc/mosquitto/passwd\nacl_file /etc/mosquitto/acl\nmax_inflight_messages 40\nmax_queued_messages 5000\nmessage_size_limit 65536\npersistent_client_expiration 2w\n\nlistener 1883\n\nlistener 8883\ncertfile /etc/mosquitto/certs/server.crt\nkeyfile /etc/mosquitto/certs/server.key\ncafile /etc/mosquitto/certs/ca.crt\nrequire_certificate true\nuse_identity_as_username true\n\nlistener 8080 127.0.0.1\nprotocol websockets\n\nconnection hq\naddress 10.0.0.1:1883\nlog_dest syslog\npersistence true\npersistence_location /var/lib/mosquitto/\n",
+    )
+    .unwrap();
+    let out = run(
+        &["import-mosquitto-conf", conf.to_str().unwrap()],
+        dir.path(),
+    )
+    .await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let config = roostd::Config::from_toml_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("the converted config is refused: {e}\n{}", out.stdout));
+    assert!(!config.anonymous_allowed());
+    assert_eq!(config.max_inflight_messages, 40);
+    assert_eq!(config.max_queued_messages, 5000);
+    assert_eq!(config.message_size_limit, 65536);
+    assert_eq!(config.persistent_client_expiration, "2w");
+    let ports: Vec<u16> = config.listener.iter().map(|l| l.port).collect();
+    assert_eq!(ports, vec![1883, 8883, 8080], "{}", out.stdout);
+    let tls = &config.listener[1];
+    assert!(tls.certfile.is_some() && tls.require_certificate && tls.use_identity_as_username);
+    let ws = &config.listener[2];
+    assert_eq!(ws.protocol, roostd::config::ListenerProtocol::Websockets);
+    assert_eq!(ws.bind_address, "127.0.0.1");
+    for line in ["connection hq", "address 10.0.0.1:1883", "log_dest syslog"] {
+        assert!(
+            out.stdout
+                .lines()
+                .any(|l| l.starts_with('#') && l.contains(line) && l.contains("not converted")),
+            "no comment for {line:?}:\n{}",
+            out.stdout
+        );
+    }
+    assert!(out.stderr.contains("3 line(s)"), "{out:?}");
+}
