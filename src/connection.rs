@@ -794,8 +794,8 @@ impl<S: Transport> Connection<S> {
             // While paused, a little more is read (up to PAUSED_READ), so that the
             // acknowledgements behind the waiting PUBLISHes get through.
             let paused = self.congested.is_some() || self.storage_paused;
-            let may_read =
-                self.out.len() < WRITE_LIMIT && (!paused || self.inbuf.len() < PAUSED_READ);
+            let may_read = self.out.len() < WRITE_LIMIT
+                && (!paused || (self.inbuf.len() < PAUSED_READ && self.expects_acks()));
             match self.poll_ready_to_read(cx, may_read) {
                 Poll::Ready(Err(e)) => return Poll::Ready(CloseReason::Io(e)),
                 Poll::Pending => {}
@@ -994,6 +994,11 @@ impl<S: Transport> Connection<S> {
         result
     }
 
+    /// Whether the client owes acknowledgements (deliveries in flight to it).
+    fn expects_acks(&self) -> bool {
+        !self.session.state.lock().inflight.is_empty()
+    }
+
     /// While reading is paused: takes the complete PUBACK, PUBREC, PUBCOMP and PINGREQ
     /// frames out of the buffered input (wherever they are) and handles them; everything else
     /// stays, in order. Acknowledgements of our deliveries and pings do not depend on the
@@ -1045,8 +1050,12 @@ impl<S: Transport> Connection<S> {
                 // and UNSUBSCRIBE wait in the buffer; acknowledgements and pings behind them
                 // are handled now. Two clients publishing to each other would otherwise wait
                 // on each other's unread PUBACKs until the backpressure timeout.
-                if let Err(e) = self.handle_acks_behind(limit) {
-                    break Err(e);
+                // Only a client with deliveries in flight has acks to find (a pure publisher
+                // has none: no scan).
+                if self.expects_acks() {
+                    if let Err(e) = self.handle_acks_behind(limit) {
+                        break Err(e);
+                    }
                 }
                 break Ok(());
             }
