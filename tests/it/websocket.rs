@@ -543,3 +543,166 @@ c.loop_forever(timeout=1.0)
         ("paho/own", &b"from paho"[..])
     );
 }
+
+/// A fragmented binary message (RFC 6455 5.4: a first frame without FIN, continuation
+/// frames) carries MQTT like any other: here the CONNECT comes in three fragments, with a
+/// ping between them (control frames may be interleaved), then SUBSCRIBE + PINGREQ.
+#[tokio::test]
+async fn fragmented_messages_and_interleaved_pings_are_reassembled() {
+    let (_b, ws_addr) = ws_broker("").await;
+    let mut s = raw_upgraded(ws_addr).await;
+    let frame = |first: u8, payload: &[u8]| {
+        let mut f = vec![first, 0x80 | payload.len() as u8, 1, 2, 3, 4];
+        f.extend(
+            payload
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ [1, 2, 3, 4][i % 4]),
+        );
+        f
+    };
+    let connect = Connect::new("fragments").bytes();
+    let (a, rest) = connect.split_at(4);
+    let (b, c) = rest.split_at(5);
+    let mut bytes = frame(0x02, a); // binary, not FIN
+    bytes.extend(frame(0x89, b"p")); // ping in between
+    bytes.extend(frame(0x00, b)); // continuation, not FIN
+    bytes.extend(frame(0x80, c)); // continuation, FIN
+    s.write_all(&bytes).await.unwrap();
+    // Expect a pong and the CONNACK (both server frames, unmasked).
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    while !(got.windows(3).any(|w| w == [0x8A, 1, b'p'])
+        && got.ends_with(&[0x82, 4, 0x20, 2, 0, 0]))
+    {
+        let n = tokio::time::timeout(TIMEOUT, s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed; got {got:02x?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// wss: the WebSocket listener with certfile/keyfile, a test CA, tungstenite over rustls.
+#[tokio::test]
+async fn mqtt_over_wss_with_a_test_ca() {
+    use rustls::pki_types::pem::PemObject;
+    let dir = std::env::temp_dir().join(format!("roostd-wss-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    std::fs::write(dir.join("s.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("s.key"), key.serialize_pem()).unwrap();
+    let (b, wss_addr) = {
+        let toml = config_toml("")
+            + &format!(
+                "[[listener]]\nport = 0\nbind_address = \"127.0.0.1\"\nprotocol = \"websockets\"\ncertfile = {:?}\nkeyfile = {:?}\n",
+                dir.join("s.pem"),
+                dir.join("s.key")
+            );
+        let broker = roostd::Broker::bind(roostd::Config::from_toml_str(&toml).unwrap())
+            .await
+            .unwrap();
+        let addrs = broker.local_addrs();
+        let shutdown = broker.shutdown_token();
+        let handle = tokio::spawn(broker.run());
+        (
+            TestBroker {
+                addr: addrs[0],
+                shutdown,
+                handle: Some(handle),
+            },
+            addrs[1],
+        )
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap())
+        .unwrap();
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = TcpStream::connect(wss_addr).await.unwrap();
+    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .expect("TLS handshake with the wss listener");
+    let mut req = format!("wss://localhost:{}/mqtt", wss_addr.port())
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("mqtt"));
+    let (mut ws, _) = tokio_tungstenite::client_async(req, stream)
+        .await
+        .expect("upgrade");
+    ws.send(Message::Binary(Connect::new("wss-client").bytes().into()))
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let connack = loop {
+        if let Some(p) = parse_one(&mut buf) {
+            break p;
+        }
+        match tokio::time::timeout(TIMEOUT, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            Message::Binary(b) => buf.extend_from_slice(&b),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!((connack.header, connack.body[1]), (0x20, 0));
+    ws.send(Message::Binary(subscribe(1, &[("wss/#", 1)]).into()))
+        .await
+        .unwrap();
+    let mut tcp = Raw::client(b.addr, "wss-tcp").await;
+    // After the SUBACK, a message from TCP arrives over wss.
+    let suback = loop {
+        if let Some(p) = parse_one(&mut buf) {
+            break p;
+        }
+        match tokio::time::timeout(TIMEOUT, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            Message::Binary(b) => buf.extend_from_slice(&b),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(suback.kind(), SUBACK);
+    tcp.send(&publish("wss/t", b"over tls", 0, false, false, 0))
+        .await;
+    let m = loop {
+        if let Some(p) = parse_one(&mut buf) {
+            break p.publish();
+        }
+        match tokio::time::timeout(TIMEOUT, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            Message::Binary(b) => buf.extend_from_slice(&b),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(
+        (m.topic.as_str(), &m.payload[..]),
+        ("wss/t", &b"over tls"[..])
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
