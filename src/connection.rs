@@ -140,6 +140,30 @@ impl CloseReason {
     }
 }
 
+/// A connection's place: its max_connections slot and its listener's count of open
+/// connections, both given back when the connection ends.
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    listener: Arc<crate::metrics::ListenerStats>,
+}
+
+impl Slot {
+    pub fn new(permit: OwnedSemaphorePermit, listener: Arc<crate::metrics::ListenerStats>) -> Slot {
+        listener.accepted.fetch_add(1, Relaxed);
+        listener.open.fetch_add(1, Relaxed);
+        Slot {
+            _permit: permit,
+            listener,
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.listener.open.fetch_sub(1, Relaxed);
+    }
+}
+
 /// What every connection needs from the broker.
 #[derive(Clone)]
 pub struct Context {
@@ -169,7 +193,7 @@ pub fn serve<S>(
     conn_id: u64,
     ctx: Context,
     cert_user: CertUser,
-    permit: Option<OwnedSemaphorePermit>,
+    permit: Option<Slot>,
 ) -> impl Future<Output = ()> + Send
 where
     S: Transport,
@@ -232,7 +256,7 @@ async fn handshake<S>(
     conn_id: u64,
     ctx: Context,
     cert_user: CertUser,
-    permit: Option<OwnedSemaphorePermit>,
+    permit: Option<Slot>,
 ) -> Option<Connection<S>>
 where
     S: Transport,
@@ -646,7 +670,7 @@ struct Connection<S> {
     /// Bytes were written since the last completed flush (TLS may hold some back).
     flush_pending: bool,
     /// The max_connections slot, released when the connection ends.
-    _permit: Option<OwnedSemaphorePermit>,
+    _permit: Option<Slot>,
 }
 
 impl<S: Transport> Connection<S> {

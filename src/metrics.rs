@@ -145,6 +145,14 @@ struct Handles {
     open_fds: Gauge,
 }
 
+/// Connections of one listener: `roostd_listener_connections{listener, protocol}` (open now)
+/// and `roostd_listener_connections_total{listener, protocol}` (accepted).
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    pub accepted: AtomicU64,
+    pub open: AtomicI64,
+}
+
 /// Metric state of one broker.
 pub struct Metrics {
     /// Hot-path counters.
@@ -155,6 +163,8 @@ pub struct Metrics {
     started: std::time::Instant,
     /// Per TLS listener: the expiry gauge and the certificate's notAfter (unix seconds).
     cert_expiry: parking_lot::Mutex<Vec<(Gauge, Arc<AtomicI64>)>>,
+    /// Per listener: its figures and their series.
+    listeners: parking_lot::Mutex<Vec<(Arc<ListenerStats>, Option<(Counter, Gauge)>)>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -174,6 +184,7 @@ impl Metrics {
             exporter: None,
             started: std::time::Instant::now(),
             cert_expiry: Default::default(),
+            listeners: Default::default(),
         }
     }
 
@@ -241,6 +252,7 @@ impl Metrics {
             exporter: Some((recorder, handles)),
             started: std::time::Instant::now(),
             cert_expiry: Default::default(),
+            listeners: Default::default(),
         }
     }
 
@@ -268,6 +280,25 @@ impl Metrics {
             None => return,
         };
         self.cert_expiry.lock().push((gauge, not_after));
+    }
+
+    /// The figures of one listener (label: its address; protocol: mqtt, mqtts, ws, wss).
+    pub fn listener(&self, listener: &str, protocol: &'static str) -> Arc<ListenerStats> {
+        let stats = Arc::new(ListenerStats::default());
+        let series = self.exporter.as_ref().map(|(recorder, _)| {
+            metrics::with_local_recorder(recorder, || {
+                let labels = [
+                    ("listener", listener.to_string()),
+                    ("protocol", protocol.to_string()),
+                ];
+                (
+                    counter!("roostd_listener_connections_total", &labels),
+                    gauge!("roostd_listener_connections", &labels),
+                )
+            })
+        });
+        self.listeners.lock().push((stats.clone(), series));
+        stats
     }
 
     /// The Prometheus text exposition, brought up to date. None when disabled.
@@ -325,6 +356,12 @@ impl Metrics {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
+        for (stats, series) in self.listeners.lock().iter() {
+            if let Some((accepted, open)) = series {
+                accepted.absolute(stats.accepted.load(Relaxed));
+                open.set(stats.open.load(Relaxed) as f64);
+            }
+        }
         for (gauge, not_after) in self.cert_expiry.lock().iter() {
             gauge.set((not_after.load(Relaxed) - now) as f64);
         }
@@ -335,6 +372,14 @@ impl Metrics {
 }
 
 fn describe() {
+    describe_counter!(
+        "roostd_listener_connections_total",
+        "Connections accepted, by listener (address) and protocol (mqtt, mqtts, ws, wss)."
+    );
+    describe_gauge!(
+        "roostd_listener_connections",
+        "Connections open now, by listener (address) and protocol (mqtt, mqtts, ws, wss)."
+    );
     describe_counter!(
         "roostd_panics_total",
         "Connection tasks that panicked; the panic was caught and the connection closed (a bug: please report it)."

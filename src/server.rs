@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
@@ -61,6 +61,8 @@ struct Listener {
     identity: Option<IdentitySource>,
     /// MQTT over WebSockets (ws, or wss with TLS); the HTTP path accepted, if one is set.
     websocket: Option<Option<Arc<str>>>,
+    /// Its connection counts (`roostd_listener_connections{listener, protocol}`).
+    stats: Arc<crate::metrics::ListenerStats>,
 }
 
 /// A broker with its listeners bound, ready to `run`.
@@ -145,12 +147,22 @@ impl Broker {
             if config.anonymous_allowed() && !local.ip().is_loopback() {
                 warn!("Listener {local} accepts anonymous clients from the network (allow_anonymous = true).");
             }
+            let stats = metrics.listener(
+                &local.to_string(),
+                match (tls.is_some(), ws) {
+                    (false, false) => "mqtt",
+                    (true, false) => "mqtts",
+                    (false, true) => "ws",
+                    (true, true) => "wss",
+                },
+            );
             listeners.push(Listener {
                 tcp,
                 tls,
                 identity: l.use_identity_as_username.then_some(l.identity_source),
                 websocket: (l.protocol == ListenerProtocol::Websockets)
                     .then(|| l.path.as_deref().map(Arc::from)),
+                stats,
             });
         }
         let metrics_listener = if config.metrics_enabled {
@@ -382,6 +394,7 @@ async fn accept_loop(
         // Our writer batches; Nagle would only add latency.
         let _ = socket.set_nodelay(true);
         // The permit travels with the connection and is released when it ends.
+        let permit = connection::Slot::new(permit, listener.stats.clone());
         match (listener.tls.clone(), &listener.websocket) {
             (None, None) => {
                 tracker.spawn(connection::serve(
@@ -426,7 +439,7 @@ async fn serve_tls(
     tls: Arc<TlsAcceptor>,
     identity: Option<IdentitySource>,
     websocket: Option<Option<Arc<str>>>,
-    permit: OwnedSemaphorePermit,
+    permit: connection::Slot,
 ) {
     let timeout = Duration::from_secs(ctx.config.tls_handshake_timeout);
     // Boxed: the handshake future is several KiB and would otherwise stay in the task.
@@ -504,7 +517,7 @@ async fn serve_ws<S>(
     ctx: Context,
     user: CertUser,
     path: Option<Arc<str>>,
-    permit: OwnedSemaphorePermit,
+    permit: connection::Slot,
 ) where
     S: connection::Transport + 'static,
 {

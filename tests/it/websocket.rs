@@ -706,3 +706,49 @@ async fn mqtt_over_wss_with_a_test_ca() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Metrics per listener: `roostd_listener_connections{listener, protocol}` counts the open
+/// connections of the TCP and the WebSocket listener apart, and the accepted ones.
+#[tokio::test]
+async fn connections_are_counted_per_listener() {
+    let toml = config_toml("")
+        + "[[listener]]\nport = 0\nbind_address = \"127.0.0.1\"\nprotocol = \"websockets\"\n";
+    let broker = roostd::Broker::bind(roostd::Config::from_toml_str(&toml).unwrap())
+        .await
+        .unwrap();
+    let addrs = broker.local_addrs();
+    let metrics = broker.metrics_addr().expect("metrics on");
+    let shutdown = broker.shutdown_token();
+    let _b = TestBroker {
+        addr: addrs[0],
+        shutdown,
+        handle: Some(tokio::spawn(broker.run())),
+    };
+    let _tcp = Raw::client(addrs[0], "per-listener-tcp").await;
+    let mut ws = ws_connect(addrs[1], "/", Some("mqtt")).await;
+    ws.send(Message::Binary(
+        Connect::new("per-listener-ws").bytes().into(),
+    ))
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    ws_packets(&mut ws, &mut buf, 1).await;
+    let mut s = TcpStream::connect(metrics).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    tokio::time::timeout(TIMEOUT, s.read_to_string(&mut text))
+        .await
+        .unwrap()
+        .unwrap();
+    for (addr, protocol) in [(addrs[0], "mqtt"), (addrs[1], "ws")] {
+        let open =
+            format!("roostd_listener_connections{{listener=\"{addr}\",protocol=\"{protocol}\"}} 1");
+        let total = format!(
+            "roostd_listener_connections_total{{listener=\"{addr}\",protocol=\"{protocol}\"}} 1"
+        );
+        assert!(text.contains(&open), "no {open:?} in\n{text}");
+        assert!(text.contains(&total), "no {total:?} in\n{text}");
+    }
+}
