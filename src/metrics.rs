@@ -153,6 +153,9 @@ pub struct ListenerStats {
     pub open: AtomicI64,
 }
 
+/// A listener's figures and, with an exporter, their series (accepted, open).
+type ListenerSeries = (Arc<ListenerStats>, Option<(Counter, Gauge)>);
+
 /// Metric state of one broker.
 pub struct Metrics {
     /// Hot-path counters.
@@ -164,7 +167,7 @@ pub struct Metrics {
     /// Per TLS listener: the expiry gauge and the certificate's notAfter (unix seconds).
     cert_expiry: parking_lot::Mutex<Vec<(Gauge, Arc<AtomicI64>)>>,
     /// Per listener: its figures and their series.
-    listeners: parking_lot::Mutex<Vec<(Arc<ListenerStats>, Option<(Counter, Gauge)>)>>,
+    listeners: parking_lot::Mutex<Vec<ListenerSeries>>,
 }
 
 impl std::fmt::Debug for Metrics {
