@@ -10,7 +10,7 @@
 //! silent client is found within one tick of its deadline, not up to a second late.
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use crate::session::Session;
 
@@ -25,7 +25,8 @@ const RECHECK_MS: u64 = 1000;
 
 #[derive(Debug)]
 struct Entry {
-    session: Arc<Session>,
+    /// Weak: an ended connection's session is not kept alive until its entry comes due.
+    session: Weak<Session>,
     /// The connection this entry is for: once another is attached (or none), it is dropped.
     conn_id: u64,
     /// The activity time for which the connection was already told it turned quiet.
@@ -67,11 +68,11 @@ impl Wheel {
     /// `keepalive_ms` are set).
     pub fn insert(&mut self, session: Arc<Session>, conn_id: u64, now_ms: u64) {
         let entry = Entry {
-            session,
+            session: Arc::downgrade(&session),
             conn_id,
             quiet_noted: u64::MAX,
         };
-        let due = self.next_due(&entry, now_ms);
+        let due = self.next_due(&entry, &session, now_ms);
         self.put(entry, due);
     }
 
@@ -82,8 +83,7 @@ impl Wheel {
     }
 
     /// When `entry` should next be looked at, given its session's figures now.
-    fn next_due(&self, entry: &Entry, now_ms: u64) -> u64 {
-        let s = &entry.session;
+    fn next_due(&self, entry: &Entry, s: &Session, now_ms: u64) -> u64 {
         let keepalive = s.keepalive_ms.load(Relaxed) as u64;
         let activity = s.activity.load(Relaxed);
         let deadline = (keepalive > 0).then(|| activity + keepalive);
@@ -112,7 +112,9 @@ impl Wheel {
             let entries = std::mem::take(&mut self.slots[slot]);
             self.entries -= entries.len();
             for mut entry in entries {
-                let s = &entry.session;
+                let Some(s) = entry.session.upgrade() else {
+                    continue; // the session is gone
+                };
                 if s.attached_conn.load(Acquire) != entry.conn_id {
                     continue; // the connection ended or was taken over
                 }
@@ -125,9 +127,9 @@ impl Wheel {
                 {
                     due.push(s.clone());
                     entry.quiet_noted = activity;
-                    self.next_due(&entry, now_ms)
+                    self.next_due(&entry, &s, now_ms)
                 } else {
-                    self.next_due(&entry, now_ms)
+                    self.next_due(&entry, &s, now_ms)
                 };
                 again.push((entry, next));
             }
