@@ -385,11 +385,19 @@ where
             return None;
         }
     };
+    // Until the connection is complete, a panic (a bug) must not leave the session attached
+    // to a connection that is gone: this guard detaches it when the handshake is dropped.
+    stats.connections_total.fetch_add(1, Relaxed);
+    stats.clients_connected.fetch_add(1, Relaxed);
+    let mut detach = DetachOnDrop {
+        router: ctx.router.clone(),
+        session: attached.session.clone(),
+        conn_id,
+        armed: true,
+    };
     if attached.took_over {
         info!("Client {client_id} already connected, closing old connection.");
     }
-    stats.connections_total.fetch_add(1, Relaxed);
-    stats.clients_connected.fetch_add(1, Relaxed);
     info!(
         "New client connected from {peer} as {client_id} (p{}, c{}, k{}{}).",
         connect.level,
@@ -430,7 +438,30 @@ where
         conn.session.state.lock().resend_inflight(pending);
         conn.encode(pending);
     });
+    detach.armed = false;
     Some(conn)
+}
+
+/// Detaches a session from a connection whose handshake ended without completing (a
+/// panic): the session is then offline (or gone, if clean) instead of attached for ever.
+struct DetachOnDrop {
+    router: Arc<Router>,
+    session: Arc<Session>,
+    conn_id: u64,
+    armed: bool,
+}
+
+impl Drop for DetachOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            self.router
+                .metrics()
+                .stats
+                .clients_connected
+                .fetch_sub(1, Relaxed);
+            self.router.disconnect(&self.session, self.conn_id);
+        }
+    }
 }
 
 fn note_protocol_error(router: &Router, e: &ProtocolError) {
@@ -1575,5 +1606,55 @@ impl<S: Transport> Connection<S> {
         for (filter, granted) in accepted {
             st.add_retained_feed(&filter, granted);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A handshake dropped after attaching (a panic) detaches its session and takes back the
+    /// connected count; a completed one leaves both as they are.
+    #[test]
+    fn an_unfinished_handshake_detaches_its_session() {
+        let config = Config::default();
+        let auth = Arc::new(AuthState::load(None, None).expect("no files"));
+        let router = Arc::new(Router::new(
+            config.session_limits(),
+            crate::metrics::Metrics::disabled(),
+            auth,
+            None,
+        ));
+        let attach = |id: u64| Attachment {
+            conn_id: id,
+            username: None,
+            keepalive_ms: 0,
+        };
+        let a = router
+            .connect("guarded", false, attach(7))
+            .expect("attached");
+        router
+            .metrics()
+            .stats
+            .clients_connected
+            .fetch_add(1, Relaxed);
+        drop(DetachOnDrop {
+            router: router.clone(),
+            session: a.session.clone(),
+            conn_id: 7,
+            armed: true,
+        });
+        assert_eq!(a.session.attached_conn.load(Acquire), 0, "detached");
+        assert_eq!(router.metrics().stats.clients_connected.load(Relaxed), 0);
+        let b = router
+            .connect("guarded", false, attach(8))
+            .expect("attached");
+        drop(DetachOnDrop {
+            router: router.clone(),
+            session: b.session.clone(),
+            conn_id: 8,
+            armed: false,
+        });
+        assert_eq!(b.session.attached_conn.load(Acquire), 8, "still attached");
     }
 }
