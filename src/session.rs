@@ -815,9 +815,15 @@ impl SessionState {
             return false;
         }
         d.loader = 0;
-        let taken = chunk.messages.len() + chunk.skipped;
-        let bytes: usize = chunk
-            .messages
+        // A message that was in flight came with the first chunk; when a later chunk meets it
+        // again (in its place in the queue) it is skipped, and was counted already.
+        let mut messages = chunk.messages;
+        // Records this load read, skipped ones included: zero means the disk had no more.
+        let read = messages.len() + chunk.skipped;
+        let inflight = &self.inflight;
+        messages.retain(|m| m.seq == 0 || !inflight.iter().any(|i| i.item.seq == m.seq));
+        let taken = messages.len() + chunk.skipped;
+        let bytes: usize = messages
             .iter()
             .map(|m| m.topic.len() + m.payload.len() + 3)
             .sum();
@@ -826,10 +832,10 @@ impl SessionState {
         d.after = d.after.max(chunk.last_seq);
         // Done once all is taken; or when the disk had nothing more and nothing was added
         // since this load started (a count that was off cannot keep us loading forever).
-        if d.count == 0 || (taken == 0 && d.appends == d.loader_appends) {
+        if d.count == 0 || (read == 0 && d.appends == d.loader_appends) {
             self.on_disk = None;
         }
-        for m in chunk.messages {
+        for m in messages {
             let qos = qos_from_stored(m.qos);
             let item = Queued {
                 msg: Arc::new(Publication {
@@ -1489,5 +1495,53 @@ mod tests {
         s.queued_qos0 = 0;
         s.queued_bytes_qos0 = 0;
         assert!(s.wants_retained());
+    }
+
+    /// A message restored into the window from the first chunk is not restored again when a
+    /// later chunk meets it in its place, and is counted once.
+    #[test]
+    fn a_message_in_flight_is_restored_once_across_chunks() {
+        use crate::storage::{LoadedChunk, StoredMessage};
+        let stored = |seq: u64, inflight| StoredMessage {
+            seq,
+            qos: 2,
+            topic: Bytes::from_static(b"t"),
+            payload: Bytes::from_static(b"p"),
+            inflight,
+            sent: true,
+        };
+        let mut s = SessionState::new(false);
+        attach(&mut s);
+        s.on_disk = Some(Box::new(OnDisk {
+            count: 3,
+            bytes: 15,
+            ..OnDisk::default()
+        }));
+        let mut resend = Vec::new();
+        assert!(s.load_request(1).is_some());
+        let first = LoadedChunk {
+            messages: vec![stored(9, Some((42, true))), stored(1, None)],
+            skipped: 0,
+            last_seq: 1,
+        };
+        assert!(s.restore_chunk(1, first, &mut resend));
+        assert_eq!(
+            (s.inflight.len(), s.queue.len(), s.on_disk_count()),
+            (1, 1, 1)
+        );
+        assert!(matches!(resend[..], [Outgoing::PubRel(42)]));
+        assert!(s.load_request(1).is_some());
+        let later = LoadedChunk {
+            messages: vec![stored(9, Some((42, true)))],
+            skipped: 0,
+            last_seq: 9,
+        };
+        assert!(s.restore_chunk(1, later, &mut resend));
+        assert_eq!(
+            (s.inflight.len(), s.queue.len()),
+            (1, 1),
+            "not restored twice"
+        );
+        assert_eq!(s.on_disk_count(), 1, "not counted twice");
     }
 }

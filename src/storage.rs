@@ -863,12 +863,45 @@ impl Store {
         if after == u64::MAX {
             return Ok(chunk);
         }
+        let first = after == 0;
+        if first {
+            // Every message that was in flight comes first, whatever its place in the queue:
+            // their packet ids are taken before any new delivery gets one (QoS 2 exactly once
+            // across a restart needs the id it had). Later chunks meet them again and the
+            // session skips them.
+            let (ilo, ihi) = client_range(client);
+            for item in inflight
+                .range(ilo.as_slice()..ihi.as_slice())
+                .map_err(|e| err(&e))?
+            {
+                let (k, v) = item.map_err(|e| err(&e))?;
+                let v = v.value();
+                let (Some(seq), true) = (seq_of(k.value()), v.len() == 3) else {
+                    continue;
+                };
+                let mark = (u16::from_be_bytes([v[0], v[1]]), v[2] == 1);
+                let stored = messages.get(k.value()).map_err(|e| err(&e))?;
+                if let Some((qos, topic, payload)) = stored.and_then(|g| decode_message(g.value()))
+                {
+                    bytes += topic.len() + payload.len();
+                    chunk.messages.push(StoredMessage {
+                        seq,
+                        qos,
+                        topic,
+                        payload,
+                        inflight: Some(mark),
+                        sent: true,
+                    });
+                }
+            }
+        }
+        let early = chunk.messages.len();
         for item in messages
             .range(lo.as_slice()..hi.as_slice())
             .map_err(|e| err(&e))?
         {
-            if chunk.messages.len() >= max_messages
-                || (!chunk.messages.is_empty() && bytes >= max_bytes)
+            if chunk.messages.len() - early >= max_messages
+                || (chunk.messages.len() > early && bytes >= max_bytes)
             {
                 break;
             }
@@ -887,6 +920,9 @@ impl Store {
                 let v = g.value();
                 (v.len() == 3).then(|| (u16::from_be_bytes([v[0], v[1]]), v[2] == 1))
             });
+            if first && mark.is_some() {
+                continue; // taken above already
+            }
             bytes += topic.len() + payload.len();
             chunk.messages.push(StoredMessage {
                 seq,
@@ -1421,6 +1457,31 @@ mod tests {
             text.contains("damaged beyond repair") && text.contains(".broken"),
             "{text}"
         );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Messages that were in flight come with the first chunk, wherever they are in the
+    /// queue, so their packet ids are restored before any new delivery takes one.
+    #[test]
+    fn in_flight_messages_come_with_the_first_chunk() {
+        let d = dir("early");
+        let s = Store::open(&d, FsyncPolicy::Always).unwrap();
+        let seqs: Vec<u64> = (0..10).map(|_| s.next_seq()).collect();
+        for &q in &seqs {
+            s.put_message("c", q, 2, b"t", b"x");
+        }
+        s.set_inflight("c", seqs[7], 42, true);
+        s.flush_blocking();
+        let first = s.load_messages("c", 0, 3, usize::MAX).unwrap();
+        let got: Vec<u64> = first.messages.iter().map(|m| m.seq).collect();
+        assert_eq!(got, vec![seqs[7], seqs[0], seqs[1], seqs[2]]);
+        assert_eq!(first.messages[0].inflight, Some((42, true)));
+        assert_eq!(first.last_seq, seqs[2]);
+        // A later chunk meets it in its place (the session skips it).
+        let later = s
+            .load_messages("c", first.last_seq, 100, usize::MAX)
+            .unwrap();
+        assert!(later.messages.iter().any(|m| m.seq == seqs[7]));
         let _ = std::fs::remove_dir_all(&d);
     }
 }
