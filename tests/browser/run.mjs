@@ -44,7 +44,8 @@ const browser = await puppeteer.launch({
   headless: true,
   // The test CA is not the system's: accept its certificate for wss (test only).
   acceptInsecureCerts: true,
-  args: ["--no-sandbox", "--disable-gpu", "--ignore-certificate-errors"],
+  // --disable-dev-shm-usage: containers often have a tiny /dev/shm, where Chromium crashes.
+  args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--ignore-certificate-errors"],
 });
 try {
   const page = await browser.newPage();
