@@ -869,15 +869,7 @@ impl SessionState {
                     });
                     self.inflight.push_back(Inflight { pkid, item, state });
                 }
-                _ => {
-                    let size = item.msg.size();
-                    self.queued_bytes += size;
-                    if item.qos == QoS::AtMostOnce {
-                        self.queued_qos0 += 1;
-                        self.queued_bytes_qos0 += size;
-                    }
-                    self.queue.push_back(item);
-                }
+                _ => self.push_counted(item),
             }
         }
         true
@@ -923,6 +915,12 @@ impl SessionState {
         if !self.persist(&mut item) {
             return Err(self.note_drop(DropReason::StorageError));
         }
+        self.push_counted(item);
+        Ok(())
+    }
+
+    /// Appends to the queue, keeping its message and byte counts (QoS 0 apart).
+    fn push_counted(&mut self, item: Queued) {
         let size = item.msg.size();
         self.queued_bytes += size;
         if item.qos == QoS::AtMostOnce {
@@ -930,7 +928,6 @@ impl SessionState {
             self.queued_bytes_qos0 += size;
         }
         self.queue.push_back(item);
-        Ok(())
     }
 
     /// Messages kept on disk for this session (not yet loaded).

@@ -476,9 +476,9 @@ pub fn create_with_user(path: &Path, username: &str, password: &[u8]) -> Result<
     write_atomically(path, entry.as_bytes(), None)
 }
 
-/// `mosquitto_passwd -D`: removes `username`'s entry, keeping every other line. False if the
-/// file has no such user (the file is then left untouched).
-pub fn delete_user(path: &Path, username: &str) -> Result<bool, AuthError> {
+/// An existing password file to edit in place: the file a link points to, its text and its
+/// permission bits (kept when it is written back).
+fn read_for_update(path: &Path) -> Result<(PathBuf, String, fs::Permissions), AuthError> {
     let read_error = |source| AuthError::Read {
         path: path.to_path_buf(),
         source,
@@ -486,6 +486,13 @@ pub fn delete_user(path: &Path, username: &str) -> Result<bool, AuthError> {
     let target = fs::canonicalize(path).map_err(read_error)?;
     let text = fs::read_to_string(&target).map_err(read_error)?;
     let permissions = fs::metadata(&target).map_err(read_error)?.permissions();
+    Ok((target, text, permissions))
+}
+
+/// `mosquitto_passwd -D`: removes `username`'s entry, keeping every other line. False if the
+/// file has no such user (the file is then left untouched).
+pub fn delete_user(path: &Path, username: &str) -> Result<bool, AuthError> {
+    let (target, text, permissions) = read_for_update(path)?;
     let mut out = String::with_capacity(text.len());
     let mut found = false;
     for line in text.split_inclusive('\n') {
@@ -505,13 +512,7 @@ pub fn delete_user(path: &Path, username: &str) -> Result<bool, AuthError> {
 /// plain text. Lines already holding a hash (`$6$`, `$7$`) are kept as they are (Mosquitto
 /// would hash them again and lock their users out). Returns how many were hashed.
 pub fn hash_plain_file(path: &Path) -> Result<usize, AuthError> {
-    let read_error = |source| AuthError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
-    let target = fs::canonicalize(path).map_err(read_error)?;
-    let text = fs::read_to_string(&target).map_err(read_error)?;
-    let permissions = fs::metadata(&target).map_err(read_error)?.permissions();
+    let (target, text, permissions) = read_for_update(path)?;
     let origin = path.display().to_string();
     let mut out = String::with_capacity(text.len() * 2);
     let mut hashed = 0;

@@ -67,7 +67,10 @@ async fn ws_connect(addr: std::net::SocketAddr, path: &str, protocol: Option<&st
 }
 
 /// Reads binary messages until `n` MQTT packets were parsed from their concatenation.
-async fn ws_packets(ws: &mut Ws, buf: &mut Vec<u8>, n: usize) -> Vec<Packet> {
+async fn ws_packets<S>(ws: &mut WebSocketStream<S>, buf: &mut Vec<u8>, n: usize) -> Vec<Packet>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut out = Vec::new();
     loop {
         while let Some(p) = parse_one(buf) {
@@ -649,57 +652,17 @@ async fn mqtt_over_wss_with_a_test_ca() {
         .await
         .unwrap();
     let mut buf = Vec::new();
-    let connack = loop {
-        if let Some(p) = parse_one(&mut buf) {
-            break p;
-        }
-        match tokio::time::timeout(TIMEOUT, ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap()
-        {
-            Message::Binary(b) => buf.extend_from_slice(&b),
-            other => panic!("{other:?}"),
-        }
-    };
+    let connack = ws_packets(&mut ws, &mut buf, 1).await.remove(0);
     assert_eq!((connack.header, connack.body[1]), (0x20, 0));
     ws.send(Message::Binary(subscribe(1, &[("wss/#", 1)]).into()))
         .await
         .unwrap();
+    assert_eq!(ws_packets(&mut ws, &mut buf, 1).await[0].kind(), SUBACK);
+    // A message from TCP arrives over wss.
     let mut tcp = Raw::client(b.addr, "wss-tcp").await;
-    // After the SUBACK, a message from TCP arrives over wss.
-    let suback = loop {
-        if let Some(p) = parse_one(&mut buf) {
-            break p;
-        }
-        match tokio::time::timeout(TIMEOUT, ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap()
-        {
-            Message::Binary(b) => buf.extend_from_slice(&b),
-            other => panic!("{other:?}"),
-        }
-    };
-    assert_eq!(suback.kind(), SUBACK);
     tcp.send(&publish("wss/t", b"over tls", 0, false, false, 0))
         .await;
-    let m = loop {
-        if let Some(p) = parse_one(&mut buf) {
-            break p.publish();
-        }
-        match tokio::time::timeout(TIMEOUT, ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap()
-        {
-            Message::Binary(b) => buf.extend_from_slice(&b),
-            other => panic!("{other:?}"),
-        }
-    };
+    let m = ws_packets(&mut ws, &mut buf, 1).await.remove(0).publish();
     assert_eq!(
         (m.topic.as_str(), &m.payload[..]),
         ("wss/t", &b"over tls"[..])
