@@ -1188,20 +1188,21 @@ impl<S: Transport> Connection<S> {
             // (for DUP after a restart). With fsync = always it is written only once that
             // mark is on disk, like an acknowledgement: a crash in between must not lead
             // to a re-send without DUP [MQTT-3.3.1-1].
-            let hold = pending.iter().any(|o| {
-                matches!(o, Outgoing::Publish { item, .. } if item.seq != 0 && item.qos != QoS::AtMostOnce)
+            // (Only looked at under fsync = always: no walk over the batch otherwise.)
+            let hold_for = self.router.store().filter(|s| s.acks_wait()).filter(|_| {
+                pending.iter().any(|o| {
+                    matches!(o, Outgoing::Publish { item, .. } if item.seq != 0 && item.qos != QoS::AtMostOnce)
+                })
             });
             let from = self.out.len();
+            let ticket = hold_for.map(|store| store.issued());
             self.encode(pending);
-            if hold {
-                if let Some(store) = self.router.store().filter(|s| s.acks_wait()) {
-                    let held = self.out.split_off(from);
-                    let ticket = store.issued();
-                    self.held
-                        .get_or_insert_with(Box::default)
-                        .deferred
-                        .push_back((ticket, held));
-                }
+            if let Some(ticket) = ticket {
+                let held = self.out.split_off(from);
+                self.held
+                    .get_or_insert_with(Box::default)
+                    .deferred
+                    .push_back((ticket, held));
             }
             if let Some(request) = load {
                 self.start_load(request);

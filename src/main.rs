@@ -48,26 +48,7 @@ enum Command {
     /// with mosquitto_passwd's flags: `roostd passwd [-c | -D] FILE USER`,
     /// `roostd passwd -b FILE USER PASSWORD`, `roostd passwd -U FILE`.
     /// Without -b the password is asked for twice on the terminal.
-    Passwd {
-        /// Create a new password file holding only USER (an existing file is replaced).
-        #[arg(short = 'c', conflicts_with_all = ["delete", "update"])]
-        create: bool,
-        /// Delete USER from the file.
-        #[arg(short = 'D', conflicts_with_all = ["batch", "update"])]
-        delete: bool,
-        /// Batch mode: the password is the last argument (visible in the process list).
-        #[arg(short = 'b')]
-        batch: bool,
-        /// Hash, in place, the plain-text passwords of a `user:password` file.
-        #[arg(short = 'U', conflicts_with = "batch")]
-        update: bool,
-        /// The password file; created (mode 0600) if missing.
-        file: PathBuf,
-        /// The user name.
-        username: Option<String>,
-        /// The password, with -b.
-        password: Option<String>,
-    },
+    Passwd(PasswdArgs),
     /// Print the roostd TOML equivalent of a mosquitto.conf (a comment for every line that
     /// cannot be carried over, and why): `roostd import-mosquitto-conf mosquitto.conf >
     /// roostd.toml`.
@@ -78,13 +59,25 @@ enum Command {
 }
 
 /// What `roostd passwd` was asked to do.
+#[derive(Debug, clap::Args)]
 struct PasswdArgs {
+    /// Create a new password file holding only USER (an existing file is replaced).
+    #[arg(short = 'c', conflicts_with_all = ["delete", "update"])]
     create: bool,
+    /// Delete USER from the file.
+    #[arg(short = 'D', conflicts_with_all = ["batch", "update"])]
     delete: bool,
+    /// Batch mode: the password is the last argument (visible in the process list).
+    #[arg(short = 'b')]
     batch: bool,
+    /// Hash, in place, the plain-text passwords of a `user:password` file.
+    #[arg(short = 'U', conflicts_with = "batch")]
     update: bool,
+    /// The password file; created (mode 0600) if missing.
     file: PathBuf,
+    /// The user name.
     username: Option<String>,
+    /// The password, with -b.
     password: Option<String>,
 }
 
@@ -177,25 +170,7 @@ fn main() -> ExitCode {
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Passwd {
-            create,
-            delete,
-            batch,
-            update,
-            file,
-            username,
-            password,
-        }) => {
-            return passwd(PasswdArgs {
-                create,
-                delete,
-                batch,
-                update,
-                file,
-                username,
-                password,
-            })
-        }
+        Some(Command::Passwd(args)) => return passwd(args),
         Some(Command::ImportMosquittoConf { file }) => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;

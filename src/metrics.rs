@@ -561,19 +561,24 @@ mod tests {
     #[test]
     fn cpu_seconds_have_fractions_and_drop_help_lists_every_reason() {
         let m = Metrics::with_exporter();
-        // Burn a little CPU so the figure is not a whole number of seconds by chance.
+        let cpu = |text: &str| -> f64 {
+            text.lines()
+                .find(|l| l.starts_with("process_cpu_seconds_total "))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .expect("process_cpu_seconds_total")
+        };
+        let before = cpu(&m.render(&Gauges::default()).unwrap());
+        // Burn a little CPU (tens of ms): whole seconds would show a step of 0 or 1.
+        let start = std::time::Instant::now();
         let mut x = 0u64;
-        for i in 0..3_000_000u64 {
-            x = x.wrapping_mul(31).wrapping_add(i);
+        while start.elapsed() < std::time::Duration::from_millis(50) {
+            x = x.wrapping_mul(31).wrapping_add(1);
         }
         assert!(x != 1);
         let text = m.render(&Gauges::default()).unwrap();
-        let cpu = text
-            .lines()
-            .find(|l| l.starts_with("process_cpu_seconds_total "))
-            .unwrap();
-        let value: f64 = cpu.split_whitespace().nth(1).unwrap().parse().unwrap();
-        assert!(value > 0.0, "{cpu}");
+        let grown = cpu(&text) - before;
+        assert!(grown > 0.0 && grown < 1.0, "CPU seconds grew by {grown}");
         let help = text
             .lines()
             .find(|l| l.starts_with("# HELP roostd_messages_dropped_total"))

@@ -211,16 +211,26 @@ impl RetainedStore {
             }
             return SetOutcome::Deleted;
         }
-        let old_size = self.get(&msg.topic).map(|m| m.size());
-        let bytes = self.bytes - old_size.unwrap_or(0) + msg.size();
-        let count = self.count + old_size.is_none() as usize;
         // `$SYS/` values are the broker's own (a fixed set): not held against the limits.
         let sys = msg.topic.starts_with(b"$SYS/");
-        if sys {
-            self.sys_bytes = self.sys_bytes - old_size.unwrap_or(0) + msg.size();
-            self.sys_count += old_size.is_none() as usize;
-        } else if bytes - self.sys_bytes > self.limits.max_bytes
-            || count - self.sys_count > self.limits.max_messages
+        let size = msg.size();
+        let (limits, total, sys_bytes) = (self.limits, self.bytes, self.sys_bytes);
+        // Replacing a topic's message (a sensor retaining every reading) is one walk.
+        if let Some(slot) = self.message_mut(&msg.topic) {
+            let old = slot.size();
+            if !sys && total - old + size - sys_bytes > limits.max_bytes {
+                return SetOutcome::Refused;
+            }
+            *slot = msg;
+            self.bytes = total - old + size;
+            if sys {
+                self.sys_bytes = sys_bytes - old + size;
+            }
+            return SetOutcome::Stored;
+        }
+        if !sys
+            && (total + size - sys_bytes > limits.max_bytes
+                || self.count + 1 - self.sys_count > limits.max_messages)
         {
             return SetOutcome::Refused;
         }
@@ -229,17 +239,22 @@ impl RetainedStore {
             node = node.children.entry(level.into()).or_default();
         }
         node.message = Some(msg);
-        self.bytes = bytes;
-        self.count = count;
+        self.bytes += size;
+        self.count += 1;
+        if sys {
+            self.sys_bytes += size;
+            self.sys_count += 1;
+        }
         SetOutcome::Stored
     }
 
-    fn get(&self, topic: &[u8]) -> Option<&Arc<Publication>> {
-        let mut node = &self.root;
+    /// The topic's retained message, if it has one.
+    fn message_mut(&mut self, topic: &[u8]) -> Option<&mut Arc<Publication>> {
+        let mut node = &mut self.root;
         for level in topic.split(|&b| b == b'/') {
-            node = node.children.get(level)?;
+            node = node.children.get_mut(level)?;
         }
-        node.message.as_ref()
+        node.message.as_mut()
     }
 
     /// Takes the topic's message out and prunes the branch left empty (loops only).

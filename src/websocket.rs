@@ -22,6 +22,9 @@ use crate::connection::Transport;
 /// Longest upgrade request accepted (request line and headers).
 const MAX_REQUEST: usize = 8 * 1024;
 
+/// Control frames (pongs) waiting to be written at most, in bytes.
+const MAX_CONTROL: usize = 512;
+
 /// Bytes reserved per socket read.
 const READ_SIZE: usize = 4096;
 
@@ -298,6 +301,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
     }
 
     fn queue_control(&mut self, opcode: u8, payload: &[u8]) {
+        // A client that pings without reading must not grow this without bound: while pongs
+        // are still waiting, later pings go unanswered (RFC 6455 5.5.3 lets an endpoint answer
+        // only the most recent). A close is always queued.
+        if opcode == 0xA
+            && self
+                .control
+                .as_deref()
+                .is_some_and(|c| c.len() >= MAX_CONTROL)
+        {
+            return;
+        }
         let mut frame = BytesMut::with_capacity(2 + payload.len());
         frame.extend_from_slice(&[0x80 | opcode, payload.len() as u8]);
         frame.extend_from_slice(payload);
@@ -650,5 +664,35 @@ mod tests {
             check_request("garbage", None),
             Err(UpgradeError::NotHttp)
         ));
+    }
+
+    impl Transport for tokio::io::DuplexStream {}
+
+    /// A client sending 10,000 pings and reading nothing: the pongs owed stay bounded (the
+    /// connection's memory does not grow with the pings), and data still flows.
+    #[tokio::test]
+    async fn pings_from_a_client_that_does_not_read_stay_bounded() {
+        let (ours, mut theirs) = tokio::io::duplex(1024);
+        let mut ws = WsStream::new(ours, BytesMut::new(), 1 << 20);
+        let ping = [0x89u8, 0x80 | 4, 0, 0, 0, 0, b'p', b'i', b'n', b'g'];
+        let mut pings = Vec::new();
+        for _ in 0..10_000 {
+            pings.extend_from_slice(&ping);
+        }
+        // A binary frame after the pings (mask 0).
+        pings.extend_from_slice(&[0x82, 0x80 | 2, 0, 0, 0, 0, 0xC0, 0x00]);
+        let writer = tokio::spawn(async move {
+            theirs.write_all(&pings).await.unwrap();
+            theirs // keep it open, never read
+        });
+        let mut got = [0u8; 2];
+        tokio::time::timeout(std::time::Duration::from_secs(10), ws.read_exact(&mut got))
+            .await
+            .expect("the data frame behind the pings was read")
+            .unwrap();
+        assert_eq!(got, [0xC0, 0x00]);
+        let owed = ws.control.as_deref().map_or(0, |c| c.len());
+        assert!(owed <= MAX_CONTROL + 8, "{owed} bytes of pongs owed");
+        drop(writer);
     }
 }
